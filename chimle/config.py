@@ -1,0 +1,126 @@
+"""Typed configuration of the Tower Implicit Model, with named size presets.
+
+A `ModelConfig` is written into every checkpoint, so a model can be rebuilt from the file
+alone. Presets:
+
+- ``tiny``: a few channels, for tests (a 64x64 forward pass in milliseconds).
+- ``cpu``: trains usefully on two CPU cores in one to two hours (DESIGN.md section 7).
+- ``paper``: the authors' sizes (DESIGN.md section 4), about 210 M parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of a Tower Implicit Model. Per-level tuples are ordered coarse to fine.
+
+    Attributes:
+        in_channels: channels of the conditioning input x (1 for colourization's L).
+        out_channels: channels every output head predicts (2 for colourization's ab).
+        channels: feature channels of each level's local stream.
+        growth: dense-block growth channels of each level's RRDBs.
+        rrdbs: number of RRDBs in each level.
+        local_code_channels: channels of each level's local code map.
+        global_code_dim: length of each level's global code vector.
+        mapping_width: width of the mapping networks (the global stream).
+        mapping_layers: depth of each mapping network.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    channels: tuple[int, ...] = (32, 32, 32)
+    growth: tuple[int, ...] = (16, 16, 16)
+    rrdbs: tuple[int, ...] = (1, 1, 1)
+    local_code_channels: int = 5
+    global_code_dim: int = 32
+    mapping_width: int = 64
+    mapping_layers: int = 4
+
+    def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists; normalise so equality still holds.
+        for name in ("channels", "growth", "rrdbs"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        self.validate()
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.channels)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first problem found."""
+        if self.num_levels < 1:
+            raise ValueError("channels must name at least one level")
+        for name in ("growth", "rrdbs"):
+            if len(getattr(self, name)) != self.num_levels:
+                raise ValueError(
+                    f"{name} has {len(getattr(self, name))} entries but channels has "
+                    f"{self.num_levels}: give one value per level")
+        positive = {
+            "in_channels": self.in_channels, "out_channels": self.out_channels,
+            "mapping_width": self.mapping_width, "mapping_layers": self.mapping_layers,
+            "global_code_dim": self.global_code_dim,
+        }
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.local_code_channels, int) or self.local_code_channels < 0:
+            raise ValueError(f"local_code_channels must be >= 0, got {self.local_code_channels!r}")
+        for name in ("channels", "growth"):
+            for level, value in enumerate(getattr(self, name), start=1):
+                if not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{name}[level {level}] must be a positive integer, got {value!r}")
+        for level, value in enumerate(self.rrdbs, start=1):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"rrdbs[level {level}] must be >= 0, got {value!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class _Preset:
+    description: str
+    values: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, _Preset] = {
+    "tiny": _Preset(
+        "a few channels, for tests",
+        dict(channels=(8, 8), growth=(8, 8), rrdbs=(1, 1), local_code_channels=2,
+             global_code_dim=8, mapping_width=16, mapping_layers=2),
+    ),
+    "cpu": _Preset(
+        "trains on two CPU cores in an hour or two (about 1.4 M parameters)",
+        dict(channels=(64, 48, 32), growth=(32, 24, 16), rrdbs=(2, 2, 1),
+             local_code_channels=4, global_code_dim=32, mapping_width=128, mapping_layers=4),
+    ),
+    "paper": _Preset(
+        "the authors' sizes: 4 levels, about 210 M parameters (needs a large GPU)",
+        dict(channels=(128, 64, 64, 64), growth=(256, 192, 128, 64), rrdbs=(6, 6, 6, 6),
+             local_code_channels=5, global_code_dim=128, mapping_width=512, mapping_layers=8),
+    ),
+}
+
+
+def preset(name: str, in_channels: int, out_channels: int, **overrides) -> ModelConfig:
+    """Build the named preset for a task's channel counts, with optional overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    values = dict(PRESETS[name].values, in_channels=in_channels, out_channels=out_channels)
+    values.update(overrides)
+    return ModelConfig(**values)

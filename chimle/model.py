@@ -1,0 +1,239 @@
+"""The Tower Implicit Model (TIM), the generator T(x, z) of CHIMLE (DESIGN.md section 4).
+
+A chain of L levels. Level l works at resolution r_l = r_1 * 2^(l-1) and outputs an image
+at 2 r_l through its own head, so every level has a partial output (the paper's partial
+evaluation, section 2.2). Each level has a local stream (per-pixel: conditioning image,
+local code map, the previous level's features; a stack of RRDBs) steered by a global
+stream (a mapping network whose output sets an AdaIN after every RRDB).
+
+Built bottom-up: conv, dense block, RRDB, AdaIN, mapping network, level, tower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from .codes import CodeShape, LatentCodes
+from .config import ModelConfig
+from .imageops import resize
+
+# ESRGAN's residual scaling: keeps the many stacked residual branches stable at init.
+RESIDUAL_SCALE = 0.2
+# DESIGN.md section 4: the previous level's features enter the next level scaled by 0.1.
+FEATURE_FEED_SCALE = 0.1
+
+
+def wn_conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Module:
+    """A weight-normalised conv that keeps the spatial size."""
+    return weight_norm(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2))
+
+
+class DenseBlock(nn.Module):
+    """ESRGAN's residual dense block: 5 densely connected convs, LeakyReLU 0.2."""
+
+    def __init__(self, channels: int, growth: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            wn_conv(channels + i * growth, growth if i < 4 else channels) for i in range(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        for conv in self.convs[:-1]:
+            features.append(F.leaky_relu(conv(torch.cat(features, 1)), 0.2))
+        return x + RESIDUAL_SCALE * self.convs[-1](torch.cat(features, 1))
+
+
+class RRDB(nn.Module):
+    """Residual-in-residual dense block: three dense blocks inside one more residual."""
+
+    def __init__(self, channels: int, growth: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*(DenseBlock(channels, growth) for _ in range(3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + RESIDUAL_SCALE * self.blocks(x)
+
+
+class AdaIN(nn.Module):
+    """Instance-normalise, then scale by (1 + gamma) and shift by beta, linear in w."""
+
+    def __init__(self, channels: int, w_dim: int) -> None:
+        super().__init__()
+        self.affine = nn.Linear(w_dim, 2 * channels)
+        # Start as a plain instance norm so an untrained global stream does no harm.
+        nn.init.zeros_(self.affine.weight)
+        nn.init.zeros_(self.affine.bias)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.affine(w)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
+        return F.instance_norm(x) * (1 + gamma) + beta
+
+
+class MappingNetwork(nn.Module):
+    """The global stream's MLP: global code (and earlier levels' mapped vectors) -> w."""
+
+    def __init__(self, in_dim: int, width: int, layers: int) -> None:
+        super().__init__()
+        dims = [in_dim] + [width] * layers
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            z = F.leaky_relu(layer(z), 0.2)
+        return z
+
+
+class TowerLevel(nn.Module):
+    """One level's local stream: (x at r_l, local code, previous features) -> 2 r_l."""
+
+    def __init__(self, config: ModelConfig, level: int) -> None:
+        super().__init__()
+        channels = config.channels[level]
+        previous = config.channels[level - 1] if level > 0 else 0
+        self.input_conv = wn_conv(config.in_channels + config.local_code_channels + previous, channels)
+        self.rrdbs = nn.ModuleList(RRDB(channels, config.growth[level]) for _ in range(config.rrdbs[level]))
+        self.adains = nn.ModuleList(AdaIN(channels, config.mapping_width) for _ in range(config.rrdbs[level]))
+        self.trunk_conv = wn_conv(channels, channels)
+        self.upsample_conv = wn_conv(channels, channels)
+        self.refine_conv = wn_conv(channels, channels)
+        self.head = wn_conv(channels, config.out_channels)
+
+    def forward(self, x: torch.Tensor, local_code: torch.Tensor, previous: torch.Tensor | None,
+                w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (features at 2 r_l for the next level, output image at 2 r_l)."""
+        inputs = [x, local_code] if previous is None else [x, local_code, FEATURE_FEED_SCALE * previous]
+        stem = self.input_conv(torch.cat(inputs, 1))  # (B, C, r_l, r_l)
+        h = stem
+        for rrdb, adain in zip(self.rrdbs, self.adains):
+            h = adain(rrdb(h), w)
+        h = stem + self.trunk_conv(h)  # long skip
+        h = F.leaky_relu(self.upsample_conv(F.interpolate(h, scale_factor=2.0, mode="nearest")), 0.2)
+        features = F.leaky_relu(self.refine_conv(h), 0.2)  # (B, C, 2 r_l, 2 r_l)
+        return features, torch.tanh(self.head(features))
+
+
+@dataclass
+class Render:
+    """What a (partial) forward pass computed, kept so later levels can be re-rendered.
+
+    Attributes:
+        outputs: per evaluated level, the output image (B, out_channels, 2 r_l, 2 r_l).
+        features: per evaluated level, the features handed to the next level.
+        mapped: per evaluated level, the mapped global vector w_l (B, mapping_width).
+    """
+
+    outputs: list[torch.Tensor]
+    features: list[torch.Tensor]
+    mapped: list[torch.Tensor]
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.outputs)
+
+
+class TowerImplicitModel(nn.Module):
+    """T(x, z): the conditional generator, fully convolutional.
+
+    Sizes: the output must be a multiple of 2^L on each side (level 1 works at output / 2^L).
+    The model rejects other sizes with a ValueError; `chimle.imageops.pad_to_multiple`
+    pads an input reflectively and the caller crops the result back.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.levels = nn.ModuleList(TowerLevel(config, level) for level in range(config.num_levels))
+        # Level l's mapping also sees the mapped vectors of levels < l, so coarse global
+        # choices (the tone) inform finer ones.
+        self.mappings = nn.ModuleList(
+            MappingNetwork(config.global_code_dim + level * config.mapping_width,
+                           config.mapping_width, config.mapping_layers)
+            for level in range(config.num_levels))
+
+    @property
+    def num_levels(self) -> int:
+        return self.config.num_levels
+
+    def code_shape(self, output_size: tuple[int, int]) -> CodeShape:
+        """The code shape for a final output of `output_size` = (H, W)."""
+        factor = 2 ** self.num_levels
+        height, width = output_size
+        if height % factor or width % factor or height < factor or width < factor:
+            raise ValueError(
+                f"output size {height}x{width} is not a positive multiple of 2^levels = {factor}: "
+                f"pad the input (chimle.imageops.pad_to_multiple) or resize it")
+        sizes = tuple((height // 2 ** (self.num_levels - level), width // 2 ** (self.num_levels - level))
+                      for level in range(self.num_levels))
+        return CodeShape(self.config.global_code_dim, self.config.local_code_channels, sizes)
+
+    def output_sizes(self, codes: LatentCodes) -> list[tuple[int, int]]:
+        """Each level's output size for these codes (twice the local map's size)."""
+        return [(loc.shape[2] * 2, loc.shape[3] * 2) for loc in codes.locals]
+
+    def _check_codes(self, codes: LatentCodes) -> None:
+        expected = CodeShape(self.config.global_code_dim, self.config.local_code_channels, codes.shape.local_sizes)
+        if codes.num_levels != self.num_levels or codes.shape != expected:
+            raise ValueError(f"codes of shape {codes.shape} do not fit this model "
+                             f"({self.num_levels} levels, global {self.config.global_code_dim}, "
+                             f"local channels {self.config.local_code_channels})")
+        for level in range(1, self.num_levels):
+            h, w = codes.shape.local_sizes[level - 1]
+            if codes.shape.local_sizes[level] != (2 * h, 2 * w):
+                raise ValueError("each level's local map must be twice the size of the previous one")
+
+    def render(self, x: torch.Tensor, codes: LatentCodes, upto: int | None = None,
+               reuse: Render | None = None, start_level: int = 0) -> Render:
+        """Run levels `start_level`..`upto` - 1 (0-based), reusing `reuse` for the levels below.
+
+        Args:
+            x: conditioning input (B, in_channels, H, W), any size; it is resized to each
+                level's working resolution.
+            codes: a batch of B codes.
+            upto: number of levels to evaluate (partial evaluation); default all.
+            reuse: an earlier render of the same x whose levels < start_level still hold,
+                because only codes of levels >= start_level changed (incremental rendering).
+            start_level: first level to recompute; needs `reuse` when > 0.
+        """
+        upto = self.num_levels if upto is None else upto
+        if not 1 <= upto <= self.num_levels:
+            raise ValueError(f"upto must be in 1..{self.num_levels}, got {upto}")
+        if not 0 <= start_level < upto:
+            raise ValueError(f"start_level must be in 0..{upto - 1}, got {start_level}")
+        if x.dim() != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"expected input (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[0] != codes.batch_size:
+            raise ValueError(f"input batch {x.shape[0]} != code batch {codes.batch_size}")
+        self._check_codes(codes)
+        if start_level > 0:
+            if reuse is None or reuse.num_levels < start_level:
+                raise ValueError(f"start_level {start_level} needs a render of at least {start_level} levels")
+            outputs = list(reuse.outputs[:start_level])
+            features = list(reuse.features[:start_level])
+            mapped = list(reuse.mapped[:start_level])
+        else:
+            outputs, features, mapped = [], [], []
+
+        for level in range(start_level, upto):
+            w = self.mappings[level](torch.cat([codes.globals[level], *mapped], 1))
+            local_code = codes.locals[level]
+            x_level = resize(x, tuple(local_code.shape[2:]))  # (B, in_channels, r_l, r_l)
+            previous = features[-1] if level > 0 else None
+            feats, out = self.levels[level](x_level, local_code, previous, w)
+            outputs.append(out)
+            features.append(feats)
+            mapped.append(w)
+        return Render(outputs, features, mapped)
+
+    def forward(self, x: torch.Tensor, codes: LatentCodes, upto: int | None = None) -> list[torch.Tensor]:
+        """Every evaluated level's output image, coarse to fine."""
+        return self.render(x, codes, upto).outputs
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

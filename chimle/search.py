@@ -1,0 +1,232 @@
+"""Code search: CHIMLE's hierarchical search and cIMLE's plain search (DESIGN.md 2-3).
+
+For every (x_i, y_i), find a latent code whose output is close to y_i in LPIPS. cIMLE
+draws m whole codes and keeps the best. CHIMLE draws level 1's component first (m_1
+candidates, judged by level 1's partial output against y downsampled), fixes the winner,
+then searches level 2 given it, and so on. Three switches remove its ideas one at a time
+(the paper's ablation, section 3.3):
+
+- iterative_construction=False: each level's component is searched on its own, the
+  components of coarser levels drawn at random instead of fixed to their winners;
+- partial_evaluation=False: candidates are judged by the final output, the unconstructed
+  finer components drawn at random;
+- code_division=False: the code is one whole; this needs the other two off, and then the
+  search is exactly cIMLE with sum(m_l) samples.
+
+Every search runs in inference mode, batched over candidates and images in chunks of
+`chunk_size` forward passes, and consumes the random generator in a fixed order (image by
+image, then level by level, global before local), so results do not depend on chunking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .codes import LatentCodes
+from .imageops import resize
+from .model import Render, TowerImplicitModel
+from .tasks import Task
+
+# distance(images, targets) -> per-sample distances (N,); RGB in [-1, 1]. LPIPS in practice.
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Options of the code search.
+
+    Attributes:
+        samples_per_level: candidates m_l drawn for each level's component, coarse to fine.
+        iterative_construction: fix coarser levels to their winners (IC).
+        partial_evaluation: judge level l by its own output against D_l(y) (PE).
+        code_division: search level by level at all (CD); off means one whole code.
+        chunk_size: candidates rendered per forward pass; bounds memory, not results.
+    """
+
+    samples_per_level: tuple[int, ...] = (16, 8, 4)
+    iterative_construction: bool = True
+    partial_evaluation: bool = True
+    code_division: bool = True
+    chunk_size: int = 32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "samples_per_level", tuple(self.samples_per_level))
+        if not self.samples_per_level or any(not isinstance(m, int) or m < 1 for m in self.samples_per_level):
+            raise ValueError(f"samples_per_level must be positive integers, got {self.samples_per_level}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if not self.code_division and (self.iterative_construction or self.partial_evaluation):
+            raise ValueError("iterative construction and partial evaluation need code division: "
+                             "turn them off too (that is cIMLE)")
+
+    @property
+    def total_candidates(self) -> int:
+        """Candidates evaluated per image: the search's cost in (partial) forward passes."""
+        return sum(self.samples_per_level)
+
+    @classmethod
+    def cimle(cls, num_samples: int, chunk_size: int = 32) -> "SearchConfig":
+        """cIMLE as the ablation with every switch off."""
+        return cls((num_samples,), False, False, False, chunk_size)
+
+
+@dataclass
+class SearchResult:
+    """Chosen codes and how close they came.
+
+    Attributes:
+        codes: the chosen code per image (batch B).
+        distances: (B, L) distance of each chosen code's level-l output to D_l(y).
+        candidates_per_image: (partial) forward passes spent per image.
+    """
+
+    codes: LatentCodes
+    distances: torch.Tensor
+    candidates_per_image: int
+
+
+def level_targets(net: TowerImplicitModel, y: torch.Tensor) -> list[torch.Tensor]:
+    """D_l(y): the observed image downsampled to every level's output size."""
+    shape = net.code_shape(tuple(y.shape[-2:]))
+    return [resize(y, (2 * h, 2 * w)) for h, w in shape.local_sizes]
+
+
+def _check_pair(net: TowerImplicitModel, x: torch.Tensor, y: torch.Tensor) -> None:
+    if y.dim() != 4 or y.shape[1] != 3:
+        raise ValueError(f"expected target RGB images (B, 3, H, W), got {tuple(y.shape)}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"input batch {x.shape[0]} != target batch {y.shape[0]}")
+
+
+def evaluate_candidates(net: TowerImplicitModel, task: Task, distance: Distance, x: torch.Tensor,
+                        candidates: LatentCodes, owners: torch.Tensor, target: torch.Tensor,
+                        upto: int, chunk_size: int, prefix: Render | None = None,
+                        start_level: int = 0) -> torch.Tensor:
+    """Distance of every candidate's level-`upto` output to its owner image's target.
+
+    Args:
+        x: (B, ...) inputs; candidate k belongs to image owners[k].
+        candidates: N codes.
+        owners: (N,) image index of each candidate.
+        target: (B, 3, h, w) target at level `upto`'s output size.
+        prefix: a render of B codes whose levels < start_level every candidate shares
+            with its owner (iterative construction), so those levels are not recomputed.
+    Returns:
+        (N,) distances.
+    """
+    distances = []
+    for begin in range(0, len(candidates), chunk_size):
+        index = owners[begin:begin + chunk_size]
+        chunk = candidates[begin:begin + chunk_size]
+        reuse = None
+        if prefix is not None and start_level > 0:
+            reuse = Render([o[index] for o in prefix.outputs[:start_level]],
+                           [f[index] for f in prefix.features[:start_level]],
+                           [w[index] for w in prefix.mapped[:start_level]])
+        render = net.render(x[index], chunk, upto=upto, reuse=reuse,
+                            start_level=start_level if reuse is not None else 0)
+        images = task.to_rgb(x[index], render.outputs[-1])
+        distances.append(distance(images, target[index]))
+    return torch.cat(distances)
+
+
+def chosen_distances(net: TowerImplicitModel, task: Task, distance: Distance, x: torch.Tensor,
+                     codes: LatentCodes, targets: list[torch.Tensor]) -> torch.Tensor:
+    """(B, L) distance of each code's output at every level to that level's target."""
+    outputs = net(x, codes)
+    return torch.stack([distance(task.to_rgb(x, out), target) for out, target in zip(outputs, targets)], 1)
+
+
+def _select(distances: torch.Tensor, per_image: int) -> torch.Tensor:
+    """Index into the candidate list of each image's best candidate (first on ties)."""
+    best = distances.view(-1, per_image).argmin(1)
+    return best + torch.arange(best.shape[0]) * per_image
+
+
+def chimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: torch.Tensor,
+                  y: torch.Tensor, config: SearchConfig,
+                  generator: torch.Generator | None = None) -> SearchResult:
+    """Search a code for each (x_i, y_i): CHIMLE, or any of its ablations (module docstring).
+
+    Args:
+        x: (B, in_channels, h, w) model inputs.
+        y: (B, 3, H, W) observed RGB images in [-1, 1]; H, W fix the codes' shape.
+        generator: the source of randomness; the result is a function of its state.
+    """
+    _check_pair(net, x, y)
+    levels = net.num_levels
+    if config.code_division and len(config.samples_per_level) != levels:
+        raise ValueError(f"samples_per_level has {len(config.samples_per_level)} entries; "
+                         f"the model has {levels} levels")
+    # A component is the group of levels searched together: one level each with code
+    # division, the whole code at once without it.
+    if config.code_division:
+        components = [([level], m) for level, m in enumerate(config.samples_per_level)]
+    else:
+        components = [(list(range(levels)), config.total_candidates)]
+    batch = x.shape[0]
+    shape = net.code_shape(tuple(y.shape[-2:]))
+    with torch.inference_mode():
+        targets = level_targets(net, y)
+        chosen = LatentCodes.zeros(shape, batch, x.device)
+        winner_distances = []
+        for component, per_image in components:
+            first, last = component[0], component[-1]
+            # Levels drawn at random for every candidate: the component itself, then the
+            # coarser levels without IC and the finer ones without PE.
+            random_levels = [level for level in range(levels) if level in component
+                             or (level < first and not config.iterative_construction)
+                             or (level > last and not config.partial_evaluation)]
+            candidate_list = []
+            for image in range(batch):
+                codes = chosen[image].repeat_interleave(per_image)
+                for level in random_levels:
+                    g, loc = LatentCodes.sample_level(shape, level, per_image, generator, x.device)
+                    codes = codes.with_level(level, g, loc)
+                candidate_list.append(codes)
+            candidates = LatentCodes.cat(candidate_list)
+            owners = torch.arange(batch).repeat_interleave(per_image)
+            upto = last + 1 if config.partial_evaluation else levels
+            # With IC every candidate shares its image's chosen coarser levels: render
+            # those once per image, not once per candidate.
+            prefix = None
+            if config.iterative_construction and first > 0:
+                prefix = net.render(x, chosen, upto=first)
+            distances = evaluate_candidates(net, task, distance, x, candidates, owners, targets[upto - 1],
+                                            upto, config.chunk_size, prefix, first if prefix is not None else 0)
+            best = _select(distances, per_image)
+            winners = candidates[best]
+            for level in component:
+                chosen = chosen.replace_level(level, winners)
+            winner_distances.append(distances[best])
+        if config.iterative_construction and config.partial_evaluation:
+            # Level l's output depends on levels <= l only, all fixed by now: the distances
+            # measured when each winner was chosen are final.
+            final = torch.stack(winner_distances, 1)
+        else:
+            final = chosen_distances(net, task, distance, x, chosen, targets)
+    return SearchResult(chosen, final, config.total_candidates)
+
+
+def cimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: torch.Tensor,
+                 y: torch.Tensor, num_samples: int, generator: torch.Generator | None = None,
+                 chunk_size: int = 32) -> SearchResult:
+    """cIMLE: for each image draw `num_samples` whole codes and keep the closest output."""
+    _check_pair(net, x, y)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    batch = x.shape[0]
+    shape = net.code_shape(tuple(y.shape[-2:]))
+    with torch.inference_mode():
+        targets = level_targets(net, y)
+        candidates = LatentCodes.cat([LatentCodes.sample(shape, num_samples, generator, x.device)
+                                      for _ in range(batch)])
+        owners = torch.arange(batch).repeat_interleave(num_samples)
+        distances = evaluate_candidates(net, task, distance, x, candidates, owners, targets[-1],
+                                        net.num_levels, chunk_size)
+        chosen = candidates[_select(distances, num_samples)]
+        final = chosen_distances(net, task, distance, x, chosen, targets)
+    return SearchResult(chosen, final, num_samples)

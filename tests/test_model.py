@@ -1,0 +1,149 @@
+"""The Tower Implicit Model: presets, shapes, partial and incremental rendering."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chimle.codes import LatentCodes
+from chimle.config import PRESETS, ModelConfig, preset
+from chimle.model import TowerImplicitModel, count_parameters
+from chimle.tasks import TASK_NAMES, make_task
+
+from .conftest import tiny_model
+
+
+def _codes(net, size, batch=2, seed=0):
+    return LatentCodes.sample(net.code_shape(size), batch, torch.Generator().manual_seed(seed))
+
+
+def test_paper_preset_has_the_authors_size():
+    # DESIGN.md section 4: about 210 M parameters. Counted, never run.
+    net = TowerImplicitModel(preset("paper", 1, 2))
+    assert abs(count_parameters(net) - 210e6) / 210e6 < 0.10
+    assert net.num_levels == 4
+
+
+@pytest.mark.parametrize("name", ["tiny", "cpu"])
+@pytest.mark.parametrize("task_name", TASK_NAMES)
+def test_shapes_per_level_for_every_task_and_preset(name, task_name):
+    params = {"factor": 2 ** len(PRESETS[name].values["channels"])} if task_name == "super_resolution" else {}
+    task = make_task(task_name, **params)
+    net = TowerImplicitModel(preset(name, task.in_channels, task.out_channels)).eval()
+    task.check_levels(net.num_levels)
+    input_size = (8, 8) if task_name == "super_resolution" else (64, 64)
+    x = torch.zeros(2, task.in_channels, *input_size)
+    output_size = task.output_size(input_size, net.num_levels)
+    with torch.inference_mode():
+        outputs = net(x, _codes(net, output_size))
+    expected = task.level_output_sizes(input_size, net.num_levels)
+    assert [tuple(o.shape[-2:]) for o in outputs] == expected
+    assert all(o.shape[:2] == (2, task.out_channels) for o in outputs)
+    assert expected[-1] == output_size
+    assert all(o.abs().max() <= 1 for o in outputs)  # tanh heads
+
+
+def test_any_number_of_levels():
+    for levels in (1, 2, 4):
+        config = ModelConfig(channels=(4,) * levels, growth=(4,) * levels, rrdbs=(1,) * levels,
+                             global_code_dim=4, mapping_width=8, mapping_layers=1)
+        net = TowerImplicitModel(config)
+        outputs = net(torch.zeros(1, 3, 64, 64), _codes(net, (64, 64), batch=1))
+        assert [o.shape[-1] for o in outputs] == [64 // 2 ** (levels - 1 - l) for l in range(levels)]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(channels=()), "at least one level"),
+    (dict(growth=(8,)), "growth has 1 entries"),
+    (dict(channels=(8, 0)), "channels[level 2]"),
+    (dict(mapping_width=0), "mapping_width"),
+    (dict(rrdbs=(1, -1)), "rrdbs[level 2]"),
+])
+def test_invalid_configs_say_what_is_wrong(bad, message):
+    values = dict(channels=(8, 8), growth=(8, 8), rrdbs=(1, 1)) | bad
+    with pytest.raises(ValueError) as error:
+        ModelConfig(**values)
+    assert message in str(error.value)
+
+
+def test_unknown_preset_and_config_key():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        preset("huge", 3, 3)
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({"chanels": (8,)})
+
+
+def test_sizes_that_do_not_fit_are_rejected():
+    net, _ = tiny_model()
+    with pytest.raises(ValueError, match="multiple of 2\\^levels = 4"):
+        net.code_shape((66, 64))
+
+
+def test_fully_convolutional_on_other_sizes():
+    net, _ = tiny_model()
+    for size in [(32, 32), (64, 96), (128, 64)]:
+        outputs = net(torch.zeros(1, 1, *size), _codes(net, size, batch=1))
+        assert tuple(outputs[-1].shape[-2:]) == size
+
+
+def test_partial_evaluation_equals_the_full_pass_at_each_level():
+    net, _ = tiny_model()
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    codes = _codes(net, (64, 64))
+    with torch.inference_mode():
+        full = net(x, codes)
+        for level in range(1, net.num_levels + 1):
+            partial = net(x, codes, upto=level)
+            assert len(partial) == level
+            assert torch.equal(partial[-1], full[level - 1])
+
+
+def test_incremental_rendering_equals_a_full_render():
+    net, task = tiny_model("jpeg")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    codes = _codes(net, (64, 64), seed=0)
+    other = _codes(net, (64, 64), seed=7)
+    with torch.inference_mode():
+        before = net.render(x, codes)
+        for level in range(net.num_levels):
+            edited = codes.replace_level(level, other)
+            incremental = net.render(x, edited, reuse=before, start_level=level)
+            full = net.render(x, edited)
+            for a, b in zip(incremental.outputs, full.outputs):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_editing_a_level_leaves_coarser_levels_bit_identical_and_changes_finer_ones():
+    net, _ = tiny_model()
+    # A trained-looking global stream: random AdaIN weights, so global codes matter.
+    torch.manual_seed(3)
+    for level in net.levels:
+        for adain in level.adains:
+            torch.nn.init.normal_(adain.affine.weight, std=0.5)
+    x = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    codes = _codes(net, (64, 64), batch=1, seed=0)
+    other = _codes(net, (64, 64), batch=1, seed=9)
+    with torch.inference_mode():
+        base = net(x, codes)
+        for level in range(net.num_levels):
+            for part in ("global", "local"):
+                edited = net(x, codes.replace_level(level, other, part))
+                for coarser in range(level):
+                    assert torch.equal(edited[coarser], base[coarser])
+                for finer in range(level, net.num_levels):
+                    change = (edited[finer] - base[finer]).abs().mean().item()
+                    assert change > 1e-3, (level, part, finer, change)
+
+
+def test_input_and_code_mismatches_are_clear():
+    net, _ = tiny_model()
+    codes = _codes(net, (64, 64))
+    with pytest.raises(ValueError, match="expected input \\(B, 1, H, W\\)"):
+        net(torch.zeros(2, 3, 64, 64), codes)
+    with pytest.raises(ValueError, match="input batch 1 != code batch 2"):
+        net(torch.zeros(1, 1, 64, 64), codes)
+    with pytest.raises(ValueError, match="upto must be in 1..2"):
+        net(torch.zeros(2, 1, 64, 64), codes, upto=3)
+    other = TowerImplicitModel(preset("tiny", 1, 2, global_code_dim=5))
+    with pytest.raises(ValueError, match="do not fit this model"):
+        other(torch.zeros(2, 1, 64, 64), codes)
