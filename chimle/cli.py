@@ -1,0 +1,250 @@
+"""`python -m chimle ...`: train, resume, sample, re-render and reconstruct (IvO).
+
+Every command calls the same library functions the tests and the studio call. Expected
+failures (a missing folder, an unknown task, a broken image or checkpoint) print one line
+`error: ...` and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+TRAIN_HELP = {
+    "task": "what to learn",
+    "task_params": "task parameters as JSON, e.g. '{\"quality\": 5}' for jpeg",
+    "data": "folder of photos (searched recursively); input/ and target/ subfolders for paired tasks",
+    "preset": "model size",
+    "method": "code search: chimle (hierarchical) or cimle",
+    "samples_per_level": "CHIMLE candidates per level, coarse to fine",
+    "cimle_samples": "cIMLE samples per search (default: the sum of --samples-per-level, equal cost)",
+    "iterative_construction": "CHIMLE ablation switch (IC)",
+    "partial_evaluation": "CHIMLE ablation switch (PE)",
+    "zero_codes": "fix every code to zero, no search: the unimodal baseline",
+    "steps": "total gradient steps",
+    "pool_size": "crops per pool; codes are searched for a whole pool at once",
+    "steps_per_pool": "gradient steps on a pool before the next search",
+    "batch_size": "crops per gradient step (per process)",
+    "crop_size": "training crop side in pixels (a multiple of 2^levels)",
+    "lr": "Adam learning rate",
+    "mapping_lr_multiplier": "learning-rate factor of the mapping networks",
+    "level_weights": "LPIPS weight of each level, coarse to fine (default: 1 each)",
+    "l1_weight": "weight of an L1 pixel term on the final output",
+    "seed": "seed of every random choice (data, codes, initial weights)",
+    "held_out_fraction": "share of source photos held out for validation",
+    "max_side": "photos are kept in memory downscaled to this longer side",
+    "log_every": "steps between metrics lines",
+    "sample_every": "steps between sample grids",
+    "checkpoint_every": "steps between resumable checkpoints",
+    "snapshot_every": "steps between kept model snapshots",
+    "search_chunk": "candidates rendered per forward pass in the search (bounds memory)",
+    "lpips_net": "LPIPS backbone: alex or vgg",
+    "device": "auto (CUDA when present), cpu, cuda, cuda:N",
+    "amp": "bfloat16 autocast on CUDA",
+    "half_final": "store the final model in float16",
+}
+
+
+class CommandError(Exception):
+    """An expected failure with a one-line message."""
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    from .config import PRESETS
+    from .tasks import TASK_NAMES
+    from .train import METHODS, TrainConfig
+
+    choices = {"task": TASK_NAMES, "preset": tuple(PRESETS), "method": METHODS, "lpips_net": ("alex", "vgg")}
+    for item in dataclasses.fields(TrainConfig):
+        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+        flag = "--" + item.name.replace("_", "-")
+        kwargs = {"default": None, "help": f"{TRAIN_HELP[item.name]} (default: {default})"}
+        if item.name in choices:
+            kwargs["choices"] = choices[item.name]
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif item.name in ("samples_per_level",):
+            kwargs.update(type=int, nargs="+")
+        elif item.name == "level_weights":
+            kwargs.update(type=float, nargs="+")
+        elif item.name == "task_params":
+            kwargs["type"] = json.loads
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) or item.name == "cimle_samples":
+            kwargs["type"] = float if isinstance(default, float) else int
+        parser.add_argument(flag, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m chimle", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model, or resume a run",
+                                description="Train CHIMLE (or cIMLE) into a run folder.")
+    train.add_argument("--out", help="run folder to create (required for a new run)")
+    train.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_train_options(train)
+
+    sample = commands.add_parser("sample", help="draw samples for one input image",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sample.add_argument("--checkpoint", required=True, help="model file (.safetensors)")
+    sample.add_argument("--input", required=True, help="input image")
+    sample.add_argument("--num", type=int, default=8, help="number of samples")
+    sample.add_argument("--out", required=True, help="output folder")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the codes")
+    sample.add_argument("--max-side", type=int, default=512, help="longest output side")
+
+    render = commands.add_parser("render", help="re-render samples from saved codes",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    render.add_argument("--checkpoint", required=True)
+    render.add_argument("--input", required=True)
+    render.add_argument("--codes", required=True, help="codes file written by sample or ivo")
+    render.add_argument("--out", required=True, help="output folder")
+    render.add_argument("--max-side", type=int, default=512)
+
+    ivo = commands.add_parser("ivo", help="inference via optimisation: reconstruct a target",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ivo.add_argument("--checkpoint", required=True)
+    ivo.add_argument("--input", required=True, help="input image (e.g. the grey photo)")
+    ivo.add_argument("--target", required=True, help="the image to reconstruct")
+    ivo.add_argument("--out", required=True, help="output folder")
+    ivo.add_argument("--steps", type=int, default=200, help="optimisation steps")
+    ivo.add_argument("--lr", type=float, default=0.05, help="learning rate on the code")
+    ivo.add_argument("--init-samples", type=int, default=16, help="start from the best of this many codes")
+    ivo.add_argument("--seed", type=int, default=0)
+    ivo.add_argument("--max-side", type=int, default=512)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, TrainingFailed, load_run_config, train
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name) is not None}
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = load_run_config(run_dir)
+        unchangeable = set(overrides) - {"steps", "device", "log_every", "sample_every", "checkpoint_every"}
+        if unchangeable:
+            raise CommandError(f"a resumed run keeps its options; only --steps, --device and the "
+                               f"logging intervals can change (got {sorted(unchangeable)})")
+        config = dataclasses.replace(config, **overrides)
+    else:
+        if not args.out:
+            raise CommandError("--out RUN_FOLDER is required for a new run (or --resume RUN_FOLDER)")
+        if not overrides.get("data"):
+            raise CommandError("--data DIR is required for a new run")
+        run_dir = Path(args.out)
+        if (run_dir / "config.json").exists():
+            raise CommandError(f"{run_dir} already holds a run; resume it with --resume {run_dir}")
+        config = TrainConfig(**overrides)
+    try:
+        result = train(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    except TrainingFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{result['state']}: {result['message']} ({run_dir})")
+    return 0
+
+
+def _load_model_and_input(args: argparse.Namespace):
+    from .checkpoint import load_checkpoint
+    from .images import load_rgb
+    from .pipeline import prepare
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    prepared = prepare(checkpoint.net, checkpoint.task, load_rgb(args.input), args.max_side)
+    for note in prepared.notes:
+        print(f"note: {note}")
+    return checkpoint, prepared
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .checkpoint import model_fingerprint, save_codes
+    from .images import save_png
+    from .pipeline import render, sample_codes
+
+    if args.num < 1:
+        raise CommandError("--num must be at least 1")
+    checkpoint, prepared = _load_model_and_input(args)
+    codes = sample_codes(checkpoint.net, prepared, args.num, args.seed)
+    out = Path(args.out)
+    for index in range(args.num):
+        images, _ = render(checkpoint.net, checkpoint.task, prepared, codes[index])
+        save_png(out / f"sample-{index:03d}.png", images[-1][0])
+    save_codes(out / "codes.safetensors", codes, model_fingerprint(checkpoint.net, checkpoint.task),
+               {"seed": args.seed, "input": str(args.input), "checkpoint": str(args.checkpoint)})
+    print(f"wrote {args.num} samples and their codes to {out}")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from .checkpoint import load_codes, model_fingerprint
+    from .images import save_png
+    from .pipeline import render
+
+    checkpoint, prepared = _load_model_and_input(args)
+    codes, _ = load_codes(args.codes, model_fingerprint(checkpoint.net, checkpoint.task))
+    expected = checkpoint.net.code_shape(prepared.output_size)
+    if codes.shape != expected:
+        raise CommandError(f"{args.codes}: the codes are for an output of another size "
+                           f"({codes.shape.local_sizes[-1]} at the finest level, need {expected.local_sizes[-1]})")
+    out = Path(args.out)
+    for index in range(codes.batch_size):
+        images, _ = render(checkpoint.net, checkpoint.task, prepared, codes[index])
+        save_png(out / f"sample-{index:03d}.png", images[-1][0])
+    print(f"rendered {codes.batch_size} images to {out}")
+    return 0
+
+
+def _ivo(args: argparse.Namespace) -> int:
+    from .checkpoint import model_fingerprint, save_codes
+    from .images import load_rgb, pil_to_tensor, save_png
+    from .imageops import resize
+    from .ivo import IvOConfig, invert
+    from .perceptual import load_perceptual_distance
+    from .pipeline import render
+
+    checkpoint, prepared = _load_model_and_input(args)
+    target = resize(pil_to_tensor(load_rgb(args.target)), prepared.output_size, mode="bicubic").clamp(-1, 1)
+    distance = load_perceptual_distance()
+    config = IvOConfig(steps=args.steps, lr=args.lr, init_samples=args.init_samples)
+    result = invert(checkpoint.net, checkpoint.task, distance, prepared.x, target, config,
+                    generator=torch.Generator().manual_seed(args.seed))
+    out = Path(args.out)
+    images, _ = render(checkpoint.net, checkpoint.task, prepared, result.codes)
+    save_png(out / "reconstruction.png", images[-1][0])
+    save_codes(out / "codes.safetensors", result.codes, model_fingerprint(checkpoint.net, checkpoint.task),
+               {"ivo_steps": args.steps, "input": str(args.input), "target": str(args.target)})
+    report = {"mse": result.mse.item(), "lpips": result.lpips.item(), "steps": args.steps}
+    (out / "ivo.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"IvO after {args.steps} steps: MSE {report['mse']:.5f}, LPIPS {report['lpips']:.4f} ({out})")
+    return 0
+
+
+COMMANDS = {"train": _train, "sample": _sample, "render": _render, "ivo": _ivo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .images import ImageError
+    from .perceptual import BackboneWeightsError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CommandError, CheckpointError, DataError, ImageError, BackboneWeightsError, ValueError,
+            FileNotFoundError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE

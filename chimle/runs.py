@@ -1,0 +1,150 @@
+"""Run folders: everything about one training run lives in one folder.
+
+Layout (DESIGN: the run folder is the state; the studio re-attaches to it):
+
+    config.json        all options, code version, data description: enough to reproduce
+    status.json        state (running / finished / failed / stopped), message, pid, step
+    metrics.jsonl      one JSON line per logging step
+    samples/           PNG grids for a fixed validation batch
+    checkpoints/       latest.safetensors, step-NNNNNNN.safetensors, train_state.pt
+    model.safetensors  the final model, once the run has finished
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .fileio import atomic_write_json
+
+RUNNING, FINISHED, FAILED, STOPPED = "running", "finished", "failed", "stopped"
+STATES = (RUNNING, FINISHED, FAILED, STOPPED)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunPaths:
+    """The files of one run folder."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def latest(self) -> Path:
+        return self.checkpoints / "latest.safetensors"
+
+    @property
+    def train_state(self) -> Path:
+        return self.checkpoints / "train_state.pt"
+
+    @property
+    def final_model(self) -> Path:
+        return self.root / "model.safetensors"
+
+    @property
+    def log(self) -> Path:
+        """Where a launcher (the studio) sends the trainer's stdout and stderr."""
+        return self.root / "train.log"
+
+    def snapshot(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:07d}.safetensors"
+
+
+def write_status(paths: RunPaths, state: str, step: int, total_steps: int, message: str = "",
+                 **extra) -> None:
+    if state not in STATES:
+        raise ValueError(f"unknown run state {state!r}")
+    atomic_write_json(paths.status, {"state": state, "message": message, "pid": os.getpid(),
+                                     "step": step, "total_steps": total_steps, "updated": now(), **extra})
+
+
+def read_status(paths: RunPaths) -> dict | None:
+    """The run's status, or None when it has none (yet) or it is unreadable."""
+    try:
+        return json.loads(paths.status.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (zombies of our own children count as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def effective_status(paths: RunPaths) -> dict | None:
+    """The status, with a 'running' run whose process is gone reported as dead.
+
+    A trainer killed with SIGKILL cannot update its own status; whoever looks at the run
+    (the studio, the CLI) sees state 'dead' and can resume it.
+    """
+    status = read_status(paths)
+    if status and status.get("state") == RUNNING and not pid_alive(int(status.get("pid", -1))):
+        status = dict(status, state="dead", message="the training process is gone; resume to continue")
+    return status
+
+
+def append_metrics(paths: RunPaths, record: dict) -> None:
+    with open(paths.metrics, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+
+
+def read_metrics(paths: RunPaths) -> list[dict]:
+    """All complete metric lines (a torn last line from a kill is skipped)."""
+    records = []
+    try:
+        with open(paths.metrics) as handle:
+            for line in handle:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+    except OSError:
+        return []
+    return records
+
+
+def truncate_metrics(paths: RunPaths, last_step: int) -> None:
+    """Drop lines logged after `last_step`: a resumed run logs those steps again."""
+    kept = [r for r in read_metrics(paths) if r.get("step", 0) <= last_step]
+    from .fileio import atomic_write_text
+
+    atomic_write_text(paths.metrics, "".join(json.dumps(r) + "\n" for r in kept))
