@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
@@ -43,7 +43,8 @@ class Checkpoint:
     metadata: dict = field(default_factory=dict)
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of a dict of tensors (order-free)."""
     sha = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].contiguous()
@@ -59,22 +60,21 @@ def _read_safetensors(path: Path, expected_format: str) -> tuple[dict[str, torch
     data = path.read_bytes()
     if not data:
         raise CheckpointError(f"{path}: the file is empty")
-    if data[:2] == b"PK" or data[:1] == b"\x80":
-        raise CheckpointError(
-            f"{path}: this is a pickle (torch.save) file; chimle only loads safetensors files, "
-            f"because unpickling can run arbitrary code")
     try:
         tensors = load_safetensors_bytes(data)
-        from safetensors import safe_open  # metadata lives in the header
-
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, ValueError, OSError, RuntimeError) as error:
+        # torch.save writes a zip archive (PK) or a bare pickle (protocol 2+ starts 0x80 0x0N).
+        if data[:2] == b"PK" or (data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+            raise CheckpointError(
+                f"{path}: this is a pickle (torch.save) file; chimle only loads safetensors files, "
+                f"because unpickling can run arbitrary code") from None
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupted?): {error}") from None
     if metadata.get("format") != expected_format:
         raise CheckpointError(f"{path}: expected a {expected_format} file, found format "
                               f"{metadata.get('format')!r}")
-    if metadata.get("sha256") != _digest(tensors):
+    if metadata.get("sha256") != tensor_digest(tensors):
         raise CheckpointError(f"{path}: tensor data does not match its checksum (the file is corrupted)")
     return tensors, metadata
 
@@ -97,7 +97,7 @@ def save_checkpoint(path: str | os.PathLike, net: TowerImplicitModel, task: Task
         "model_config": json.dumps(net.config.to_dict()),
         "task": json.dumps(task.to_dict()),
         "metadata": json.dumps(info),
-        "sha256": _digest(tensors),
+        "sha256": tensor_digest(tensors),
     }
     atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata=header))
 
@@ -142,7 +142,7 @@ def save_codes(path: str | os.PathLike, codes: LatentCodes, fingerprint: str,
                metadata: dict | None = None) -> None:
     """Save codes next to an image, so it can be re-rendered bit-exactly."""
     tensors = codes.to_tensors()
-    header = {"format": CODES_FORMAT, "model": fingerprint, "sha256": _digest(tensors),
+    header = {"format": CODES_FORMAT, "model": fingerprint, "sha256": tensor_digest(tensors),
               "metadata": json.dumps(metadata or {})}
     atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata=header))
 

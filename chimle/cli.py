@@ -22,6 +22,7 @@ TRAIN_HELP = {
     "task": "what to learn",
     "task_params": "task parameters as JSON, e.g. '{\"quality\": 5}' for jpeg",
     "data": "folder of photos (searched recursively); input/ and target/ subfolders for paired tasks",
+    "validation_data": "folder of held-out photos for sample grids (then all of --data trains)",
     "preset": "model size",
     "method": "code search: chimle (hierarchical) or cimle",
     "samples_per_level": "CHIMLE candidates per level, coarse to fine",
@@ -30,6 +31,7 @@ TRAIN_HELP = {
     "partial_evaluation": "CHIMLE ablation switch (PE)",
     "zero_codes": "fix every code to zero, no search: the unimodal baseline",
     "steps": "total gradient steps",
+    "time_budget_minutes": "finish once training has run this many minutes (0: no limit)",
     "pool_size": "crops per pool; codes are searched for a whole pool at once",
     "steps_per_pool": "gradient steps on a pool before the next search",
     "batch_size": "crops per gradient step (per process)",
@@ -122,7 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
     ivo.add_argument("--init-samples", type=int, default=16, help="start from the best of this many codes")
     ivo.add_argument("--seed", type=int, default=0)
     ivo.add_argument("--max-side", type=int, default=512)
+    data = commands.add_parser("data", help="build the demo training corpus from offline photos")
+    data.add_argument("corpus", choices=["demo"], help="which corpus")
+    data.add_argument("--out", default="data/demo", help="folder to write (train/, held_out/, manifest.json)")
+    data.add_argument("--max-side", type=int, default=768, help="photos are stored downscaled to this side")
     return parser
+
+
+def _data(args: argparse.Namespace) -> int:
+    from .corpus import build_demo_corpus
+
+    manifest = build_demo_corpus(args.out, args.max_side)
+    for problem in manifest["missing"]:
+        print(f"missing: {problem}", file=sys.stderr)
+    print(f"wrote {manifest['num_train']} training and {manifest['num_held_out']} held-out photos "
+          f"to {args.out} (manifest.json records which file went where)")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -133,7 +150,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         config = load_run_config(run_dir)
-        unchangeable = set(overrides) - {"steps", "device", "log_every", "sample_every", "checkpoint_every"}
+        unchangeable = set(overrides) - {"steps", "time_budget_minutes", "device", "log_every", "sample_every", "checkpoint_every"}
         if unchangeable:
             raise CommandError(f"a resumed run keeps its options; only --steps, --device and the "
                                f"logging intervals can change (got {sorted(unchangeable)})")
@@ -231,7 +248,7 @@ def _ivo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "sample": _sample, "render": _render, "ivo": _ivo}
+COMMANDS = {"data": _data, "train": _train, "sample": _sample, "render": _render, "ivo": _ivo}
 
 
 def main(argv: list[str] | None = None) -> int:

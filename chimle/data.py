@@ -141,7 +141,8 @@ def split_by_source(paths: Sequence[PathLike | Pair], held_out_fraction: float,
     The split is by source file, so a held-out photo never gives a training crop. Each
     item is ranked by a hash of (seed, its path relative to the items' common folder);
     the lowest ranks are held out. So the split does not depend on the order of `paths`
-    or on where the data folder lives, and adding photos moves few others.
+    or on where the data folder lives, and adding photos to the same folders moves few
+    others into or out of the held-out set.
 
     Args:
         paths: image paths, or (input, target) pairs from `find_pairs`.
@@ -150,7 +151,7 @@ def split_by_source(paths: Sequence[PathLike | Pair], held_out_fraction: float,
         seed: changes which items are held out.
 
     Returns:
-        (train, held_out), each in the order of `paths`.
+        (train, held_out), each in the order of `paths`; both empty for no paths.
 
     Warns:
         DataWarning: if a positive fraction was asked for but there is only one image,
@@ -160,7 +161,9 @@ def split_by_source(paths: Sequence[PathLike | Pair], held_out_fraction: float,
         raise ValueError(f"held_out_fraction must be in [0, 1), got {held_out_fraction!r}")
     items = list(paths)
     if not items:
-        raise DataError("cannot split an empty list of images")
+        # Nothing to split; the corpus built from it then names the empty folder.
+        return [], []
+    seed = int(seed)  # numpy ints would hash differently through repr
     num_held_out = 0
     if held_out_fraction > 0:
         if len(items) == 1:

@@ -107,14 +107,13 @@ def load_rgb(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PI
             # An animation is positioned on its first frame when opened; load() decodes
             # only that frame.
             image.load()
-            return _to_rgb(ImageOps.exif_transpose(_to_eight_bit(image)))
-        except ImageError:
-            raise
-        except Exception as error:  # noqa: BLE001 - untrusted data: any decoder failure
+            upright = ImageOps.exif_transpose(_to_eight_bit(image))  # a copy, off the file
+        except Exception as error:  # untrusted data: any decoder failure is the file's fault
             message = _one_line(error)
             if "truncated" in message.lower():
                 raise ImageError(f"{label}: file is truncated ({message})") from None
             raise ImageError(f"{label}: corrupt or unsupported image ({message})") from None
+    return _to_rgb(upright, label)
 
 
 def _check_readable_file(path: Path, label: str) -> None:
@@ -170,20 +169,23 @@ def _to_eight_bit(image: Image.Image) -> Image.Image:
     return converted
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any loaded single-frame image to RGB, compositing transparency onto white."""
+def _to_rgb(image: Image.Image, label: str) -> Image.Image:
+    """Convert a loaded single-frame image to RGB, compositing transparency onto white.
+
+    An RGB image is returned as it is: the caller passes a copy already.
+    """
     has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
     if has_alpha:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, _WHITE)
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode == "RGB":
-        return image.copy()
+        return image
     try:
         return image.convert("RGB")
     except ValueError as error:
-        raise ImageError(
-            f"colour mode {image.mode} cannot be converted to RGB ({_one_line(error)})") from None
+        raise ImageError(f"{label}: colour mode {image.mode} cannot be converted to RGB "
+                         f"({_one_line(error)})") from None
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .checkpoint import save_checkpoint
+from .checkpoint import save_checkpoint, tensor_digest
 from .codes import LatentCodes
 from .config import PRESETS, preset
 from .data import (Batch, CropSampler, ImageCorpus, PairedCorpus, describe_split, find_images,
@@ -52,6 +52,8 @@ class TrainConfig:
     Attributes:
         task, task_params: the task (`chimle.tasks.make_task`) and its parameters.
         data: folder of photos (recursive), or with input/ and target/ for paired tasks.
+        validation_data: held-out photos for the sample grids; when given, all of `data`
+            trains and `held_out_fraction` is not used.
         preset: model size (`chimle.config.PRESETS`).
         method: "chimle" (hierarchical search) or "cimle".
         samples_per_level: CHIMLE's candidates per level, coarse to fine.
@@ -60,6 +62,8 @@ class TrainConfig:
         iterative_construction, partial_evaluation: CHIMLE ablation switches.
         zero_codes: fix every code to zero and skip the search: the unimodal baseline.
         steps: total gradient steps.
+        time_budget_minutes: finish early once training has run this long (0: no limit);
+            how runs of different methods get the same wall-clock budget.
         pool_size: crops per pool (searched together); steps_per_pool: updates per pool.
         batch_size: crops per update (per rank). crop_size: training crop side.
         lr, mapping_lr_multiplier: Adam learning rate; the mapping networks' is scaled
@@ -72,6 +76,7 @@ class TrainConfig:
     task: str = "colourization"
     task_params: dict = field(default_factory=dict)
     data: str = ""
+    validation_data: str = ""
     preset: str = "cpu"
     method: str = "chimle"
     samples_per_level: tuple[int, ...] = (12, 6, 4)
@@ -80,6 +85,7 @@ class TrainConfig:
     partial_evaluation: bool = True
     zero_codes: bool = False
     steps: int = 3000
+    time_budget_minutes: float = 0.0
     pool_size: int = 32
     steps_per_pool: int = 24
     batch_size: int = 4
@@ -195,7 +201,12 @@ class _Data:
 def _load_data(config: TrainConfig, task: Task) -> _Data:
     root = Path(config.data)
     items = find_pairs(root) if task.paired else find_images(root)
-    train_items, held_out = split_by_source(items, config.held_out_fraction, config.seed)
+    if config.validation_data:
+        validation_root = Path(config.validation_data)
+        train_items = items
+        held_out = find_pairs(validation_root) if task.paired else find_images(validation_root)
+    else:
+        train_items, held_out = split_by_source(items, config.held_out_fraction, config.seed)
     corpus_type = PairedCorpus if task.paired else ImageCorpus
     corpus = corpus_type(train_items, config.max_side, source=str(root))
     validation_corpus = corpus_type(held_out, config.max_side, source=str(root)) if held_out else corpus
@@ -361,7 +372,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     last_log_time, last_log_step = time.time(), step
     started = time.time() - elapsed
     message, final_state = "", FINISHED
-    pool = None
+    pool, budget_reached = None, False
     try:
         with _StopRequest() as stop:
             while step < config.steps:
@@ -441,13 +452,20 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
                 if _any_rank_stopping(stop.requested, env):
                     final_state, message = STOPPED, f"stopped at step {step} on request"
                     break
+                if config.time_budget_minutes and time.time() - started >= 60 * config.time_budget_minutes:
+                    if env.is_main:
+                        _save_training_state(paths, net, task, optimizer, step, pool_index, pool_codes,
+                                             pool_distances, config, time.time() - started, timing,
+                                             data.description)
+                    budget_reached = True
+                    break
         if final_state == FINISHED and env.is_main:
             save_checkpoint(paths.final_model, net, task, {"step": step, "run": str(paths.root),
                                                            "data": data.description.get("root", ""),
                                                            "method": config.method, "preset": config.preset,
                                                            "train_seconds": round(time.time() - started, 1)},
                             half=config.half_final)
-            message = f"finished {step} steps"
+            message = f"finished {step} steps" + (" (time budget reached)" if budget_reached else "")
     except TrainingFailed as error:
         if env.is_main:
             write_status(paths, FAILED, step, config.steps, str(error))
@@ -462,7 +480,9 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
         write_status(paths, final_state, step, config.steps, message)
     if env.world_size > 1:
         dist.barrier()
-    return {"state": final_state, "step": step, "message": message}
+    # The digest lets callers (and the multi-process test) compare weights across ranks.
+    return {"state": final_state, "step": step, "message": message,
+            "weights_digest": tensor_digest({k: v.detach().cpu() for k, v in net.state_dict().items()})}
 
 
 def _index_codes(codes: LatentCodes, picks: torch.Tensor, device: torch.device) -> LatentCodes:

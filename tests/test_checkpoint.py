@@ -111,7 +111,7 @@ def _rewrite(path, edit_tensors=None, edit_header=None):
     """Re-save a checkpoint with edited tensors or header, with a valid checksum."""
     from safetensors import safe_open
 
-    from chimle.checkpoint import _digest
+    from chimle.checkpoint import tensor_digest
 
     with safe_open(str(path), framework="pt") as handle:
         header = handle.metadata()
@@ -120,7 +120,7 @@ def _rewrite(path, edit_tensors=None, edit_header=None):
         edit_tensors(tensors)
     if edit_header:
         edit_header(header)
-    header["sha256"] = _digest(tensors)
+    header["sha256"] = tensor_digest(tensors)
     save_file(tensors, str(path), metadata=header)
 
 
