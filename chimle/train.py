@@ -423,12 +423,15 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
                     rate = (step - last_log_step) * config.batch_size * env.world_size / max(now_time - last_log_time, 1e-9)
                     elapsed = now_time - started
                     seconds_per_step = elapsed / max(step, 1)
+                    eta = seconds_per_step * (config.steps - step)
+                    if config.time_budget_minutes:
+                        eta = min(eta, max(60 * config.time_budget_minutes - elapsed, 0.0))
                     record = {
                         "step": step, "pool": pool_index, "loss": loss.total.item(),
                         "loss_per_level": loss.per_level.tolist(),
                         "search_distance_per_level": pool_distances.mean(0).tolist(),
                         "images_per_second": rate, "elapsed_seconds": elapsed,
-                        "eta_seconds": seconds_per_step * (config.steps - step),
+                        "eta_seconds": eta,
                         "search_seconds": timing["search_seconds"], "update_seconds": timing["update_seconds"],
                         "search_share": timing["search_seconds"] / max(sum(timing.values()), 1e-9),
                     }
