@@ -79,19 +79,20 @@ def test_run_folder_is_complete(photo_folder, tmp_path):
 
 
 def test_overfitting_four_photos_lowers_loss_and_searched_distance(photo_folder, tmp_path):
-    config = tiny_config(photo_folder, task="colourization", task_params={}, steps=120, pool_size=4,
-                         steps_per_pool=10, batch_size=4, samples_per_level=(6, 6), lr=2e-3,
-                         log_every=10, sample_every=1000, checkpoint_every=1000, snapshot_every=1000)
+    config = tiny_config(photo_folder, steps=60, pool_size=4, steps_per_pool=10, batch_size=4,
+                         samples_per_level=(6, 6), lr=3e-3, log_every=1, sample_every=1000,
+                         checkpoint_every=1000, snapshot_every=1000)
     train(config, tmp_path / "run", progress=False)
     metrics = read_metrics(RunPaths(tmp_path / "run"))
-    first, last = metrics[0], metrics[-1]
-    first_distance = sum(first["search_distance_per_level"])
-    last_distance = sum(last["search_distance_per_level"])
-    first_loss = sum(m["loss"] for m in metrics[:2]) / 2
-    last_loss = sum(m["loss"] for m in metrics[-2:]) / 2
-    # Measured: loss 0.42 -> 0.19 (-55%), searched distance 0.45 -> 0.19 (-58%).
-    assert last_loss < 0.7 * first_loss, (first_loss, last_loss)
-    assert last_distance < 0.7 * first_distance, (first_distance, last_distance)
+    loss_start = sum(m["loss"] for m in metrics[:5]) / 5
+    loss_end = sum(m["loss"] for m in metrics[-10:]) / 10
+    # One searched distance per pool: the first pool's against the last one's.
+    distance_start = sum(metrics[0]["search_distance_per_level"])
+    distance_end = sum(metrics[-1]["search_distance_per_level"])
+    # Measured: loss 0.897 -> 0.479 (-47%), searched distance 1.109 -> 0.520 (-53%).
+    print(f"loss {loss_start:.3f} -> {loss_end:.3f}; searched distance {distance_start:.3f} -> {distance_end:.3f}")
+    assert loss_end < 0.75 * loss_start, (loss_start, loss_end)
+    assert distance_end < 0.7 * distance_start, (distance_start, distance_end)
 
 
 def test_a_seeded_run_is_reproducible(photo_folder, tmp_path):
@@ -166,23 +167,23 @@ def _state_step(run: Path) -> int:
 
 
 def test_kill_9_mid_run_then_resume_reaches_the_straight_result(photo_folder, tmp_path):
-    straight = train(tiny_config(photo_folder, steps=40), tmp_path / "straight", progress=False)
+    straight = train(tiny_config(photo_folder, steps=20), tmp_path / "straight", progress=False)
     run = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "chimle", *_train_args(photo_folder, run, 40)], cwd=REPO,
+    process = subprocess.Popen([sys.executable, "-m", "chimle", *_train_args(photo_folder, run, 20)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=dict(os.environ, OMP_NUM_THREADS="1"))
     _wait_for(lambda: _state_step(run) >= 6)
     process.kill()
     process.wait()
     killed_at = _state_step(run)
-    assert 6 <= killed_at < 40
+    assert 6 <= killed_at < 20
     assert effective_status(RunPaths(run))["state"] == "dead"
     load_checkpoint(RunPaths(run).latest)  # the newest checkpoint always loads
     result = _cli("train", "--resume", str(run), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert_same_weights(weights(run), weights(tmp_path / "straight"))
     assert json.loads(RunPaths(run).status.read_text())["state"] == "finished"
-    assert straight["step"] == 40
+    assert straight["step"] == 20
 
 
 def test_sigterm_stops_after_the_step_with_a_checkpoint(photo_folder, tmp_path):

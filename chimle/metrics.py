@@ -1,0 +1,354 @@
+"""Evaluation metrics of the paper's tables (DESIGN.md section 6), as pure functions.
+
+Everything here takes tensors (images in [-1, 1], or feature matrices) and a distance
+callable, and returns numbers; reading photos, running the model and printing belong to
+`chimle.evaluate` and the CLI. `distance(images, targets) -> (N,)` is LPIPS in practice
+(`chimle.perceptual.load_perceptual_distance`), but any per-image distance works, which
+is what lets the tests check formulas with a distance whose values are known exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.cluster.vq import kmeans2
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from .imageops import to_unit_range
+from .ivo import IvOConfig, invert
+from .model import TowerImplicitModel
+from .search import Distance
+from .tasks import Task
+
+DEFAULT_KID_SUBSET_SIZE = 1000  # torchmetrics' and the KID paper's default
+DEFAULT_KID_SUBSETS = 100
+DEFAULT_IVO_THRESHOLD = 0.01  # MSE on [-1, 1] images, about 32 dB PSNR on [0, 1]
+
+
+# ---------------------------------------------------------------------------------------
+# Fidelity: FID and KID on features
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FidelityScores:
+    """FID, and KID's mean and standard deviation over random subsets.
+
+    Attributes:
+        kid_subset_size: the subset size actually used (at most the smaller set's size).
+    """
+
+    fid: float
+    kid_mean: float
+    kid_std: float
+    kid_subset_size: int
+    num_real: int
+    num_fake: int
+
+
+class _PrecomputedFeatures(nn.Identity):
+    """The 'feature extractor' handed to torchmetrics when the features are already computed.
+
+    torchmetrics' FID and KID metrics take the Inception network as a module and run it in
+    `update`; passing features through this identity lets us extract features once (for
+    FID, KID and PRD alike) and still use the library's statistics.
+    """
+
+    num_features = 0  # set per instance: FrechetInceptionDistance sizes its state from it
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = int(num_features)
+
+
+def _check_features(real_features: torch.Tensor, fake_features: torch.Tensor, minimum: int) -> None:
+    if real_features.dim() != 2 or fake_features.dim() != 2 or real_features.shape[1] != fake_features.shape[1]:
+        raise ValueError(f"expected feature matrices (N, D) and (M, D), got {tuple(real_features.shape)} "
+                         f"and {tuple(fake_features.shape)}")
+    if min(real_features.shape[0], fake_features.shape[0]) < minimum:
+        raise ValueError(f"need at least {minimum} real and {minimum} fake feature vectors, got "
+                         f"{real_features.shape[0]} and {fake_features.shape[0]}")
+
+
+def fid_kid(real_features: torch.Tensor, fake_features: torch.Tensor,
+            kid_subset_size: int = DEFAULT_KID_SUBSET_SIZE, kid_subsets: int = DEFAULT_KID_SUBSETS,
+            seed: int = 0) -> FidelityScores:
+    """Fréchet and kernel inception distances between two feature sets.
+
+    FID = ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)), with means mu and unbiased
+    covariances S of the two sets (Heusel et al. 2017).
+    KID = unbiased MMD^2 with the kernel k(a, b) = (a.b / D + 1)^3, averaged over
+    `kid_subsets` random pairs of subsets of `kid_subset_size` vectors (Binkowski et al.
+    2018); the standard deviation is over those subsets.
+
+    The statistics are torchmetrics' (`FrechetInceptionDistance`,
+    `KernelInceptionDistance`), fed precomputed features through an identity module: a
+    maintained implementation of the matrix square root and of the MMD estimator, rather
+    than our own. Its FID takes the eigenvalues of a D x D matrix: about 5-25 s for
+    D = 2048 on two CPU cores, negligible next to extracting the features.
+
+    Both are biased upwards for small sets (FID strongly so, and with fewer samples than
+    dimensions S is singular): compare scores computed with the same numbers of images only.
+
+    Args:
+        real_features, fake_features: (N, D) and (M, D); N, M >= 2.
+        kid_subset_size: capped at min(N, M), as KID needs subsets of both sets.
+        seed: seeds KID's subset draws (without touching the global generator's state).
+    """
+    _check_features(real_features, fake_features, 2)
+    real, fake = real_features.detach().double().cpu(), fake_features.detach().double().cpu()
+    fid = FrechetInceptionDistance(feature=_PrecomputedFeatures(real.shape[1]))
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    subset_size = min(int(kid_subset_size), real.shape[0], fake.shape[0])
+    with warnings.catch_warnings():
+        # KID warns that it keeps all features in memory: ours already are.
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=_PrecomputedFeatures(real.shape[1]),
+                                      subsets=int(kid_subsets), subset_size=subset_size)
+    kid.update(real, real=True)
+    kid.update(fake, real=False)
+    # KID draws subsets with torch.randperm on the global generator: seed a forked copy.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
+    return FidelityScores(float(fid.compute()), float(kid_mean), float(kid_std), subset_size,
+                          real.shape[0], fake.shape[0])
+
+
+# ---------------------------------------------------------------------------------------
+# Diversity and faithfulness of the samples of one input
+# ---------------------------------------------------------------------------------------
+
+def _check_samples(samples: torch.Tensor, observed: torch.Tensor | None = None) -> None:
+    if samples.dim() != 4 or samples.shape[1] != 3:
+        raise ValueError(f"expected samples (K, 3, H, W), got {tuple(samples.shape)}")
+    if observed is not None and (observed.dim() != 4 or observed.shape[0] != 1
+                                 or observed.shape[1:] != samples.shape[1:]):
+        raise ValueError(f"expected the observed image as (1, {', '.join(map(str, samples.shape[1:]))}), "
+                         f"got {tuple(observed.shape)}")
+
+
+def lpips_diversity(samples: torch.Tensor, distance: Distance) -> float:
+    """Mean pairwise distance among the K samples of one input.
+
+    diversity = 2 / (K (K - 1)) * sum_{i < j} d(s_i, s_j), over all K (K - 1) / 2 pairs.
+
+    Args:
+        samples: (K, 3, H, W) in [-1, 1], K >= 2.
+    """
+    _check_samples(samples)
+    K = samples.shape[0]
+    if K < 2:
+        raise ValueError(f"diversity needs at least 2 samples, got {K}")
+    first, second = torch.triu_indices(K, K, offset=1)
+    with torch.inference_mode():
+        return float(distance(samples[first], samples[second]).mean())
+
+
+@dataclass(frozen=True)
+class WeightedVariance:
+    """Faithfulness-weighted variance of one input's samples, with the sigma it used."""
+
+    value: float
+    sigma: float
+
+
+def faithfulness_weighted_variance(samples: torch.Tensor, observed: torch.Tensor,
+                                   distance: Distance, sigma: float) -> WeightedVariance:
+    """Diversity that only counts samples faithful to the observed image (DESIGN.md 6).
+
+    FwV = 1/K * sum_k d(s_k, s_mean) * exp(-d(s_k, y) / sigma), where s_mean is the
+    pixel-wise mean of the K samples and y the observed image. Higher is better: samples
+    spread around their mean score, but a sample far from y (unfaithful) is discounted by
+    the Gaussian-kernel weight, so wild outputs cannot buy diversity.
+
+    Args:
+        samples: (K, 3, H, W) in [-1, 1].
+        observed: (1, 3, H, W) in [-1, 1].
+        sigma: kernel width, in units of the distance; > 0.
+    """
+    _check_samples(samples, observed)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    mean_image = samples.mean(0, keepdim=True)
+    with torch.inference_mode():
+        spread = distance(samples, mean_image)
+        weight = torch.exp(-distance(samples, observed) / sigma)
+    return WeightedVariance(float((spread * weight).mean()), float(sigma))
+
+
+@dataclass(frozen=True)
+class SampleFidelity:
+    """How close one input's samples come to its observed image.
+
+    Attributes:
+        best: min_k d(s_k, y), the best-of-K distance.
+        mean: 1/K * sum_k d(s_k, y).
+        best_index: k of the best sample.
+    """
+
+    best: float
+    mean: float
+    best_index: int
+
+
+def best_and_mean_lpips(samples: torch.Tensor, observed: torch.Tensor,
+                        distance: Distance) -> SampleFidelity:
+    """Best-of-K and mean distance of the samples to the observed image (see `SampleFidelity`).
+
+    Args:
+        samples: (K, 3, H, W) in [-1, 1].
+        observed: (1, 3, H, W) in [-1, 1].
+    """
+    _check_samples(samples, observed)
+    with torch.inference_mode():
+        distances = distance(samples, observed)
+    best_index = int(distances.argmin())
+    return SampleFidelity(float(distances[best_index]), float(distances.mean()), best_index)
+
+
+def psnr(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image, in dB, of [-1, 1] images mapped to [0, 1].
+
+    PSNR = 10 log10(1 / MSE), MSE over the pixels of [0, 1] images (values are clamped
+    to the range first). Identical images give +inf.
+
+    Args:
+        images: (N, C, H, W); targets: the same shape, or (1, C, H, W) for all.
+    Returns:
+        (N,) float tensor.
+    """
+    if images.dim() != 4 or targets.dim() != 4 or images.shape[1:] != targets.shape[1:]:
+        raise ValueError(f"expected images (N, C, H, W) and targets of the same image shape, got "
+                         f"{tuple(images.shape)} and {tuple(targets.shape)}")
+    mse = (to_unit_range(images.double()) - to_unit_range(targets.double())).pow(2).mean((1, 2, 3))
+    return (10 * torch.log10(1 / mse)).float()
+
+
+# ---------------------------------------------------------------------------------------
+# Precision and recall for distributions (PRD)
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PRDScores:
+    """Max F_8 (recall-weighted) and max F_1/8 (precision-weighted) over the PRD curve.
+
+    Attributes:
+        num_clusters: the number of k-means clusters actually used (see `prd_scores`).
+    """
+
+    f_8: float
+    f_1_8: float
+    num_clusters: int
+
+
+def prd_curve(real_distribution: np.ndarray, fake_distribution: np.ndarray,
+              num_angles: int = 1001, epsilon: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+    """The PRD curve of two histograms (Sajjadi et al. 2018, eq. 3).
+
+    precision(lambda) = sum_w min(lambda * p_real(w), p_fake(w)), recall(lambda) =
+    precision(lambda) / lambda, for lambda = tan(angle) with `num_angles` angles evenly
+    spaced in (0, pi/2) (the end points moved in by `epsilon`).
+
+    Returns:
+        (precision, recall), each (num_angles,), clipped to [0, 1] (they exceed 1 only by
+        rounding).
+    """
+    slopes = np.tan(np.linspace(epsilon, math.pi / 2 - epsilon, num_angles))  # lambda
+    precision = np.minimum(real_distribution[None, :] * slopes[:, None], fake_distribution[None, :]).sum(1)
+    recall = precision / slopes
+    return np.clip(precision, 0, 1), np.clip(recall, 0, 1)
+
+
+def f_beta(precision: np.ndarray, recall: np.ndarray, beta: float, epsilon: float = 1e-10) -> np.ndarray:
+    """F_beta = (1 + beta^2) P R / (beta^2 P + R): beta > 1 weights recall, beta < 1 precision."""
+    return (1 + beta ** 2) * precision * recall / (beta ** 2 * precision + recall + epsilon)
+
+
+def _cluster_histograms(real: np.ndarray, fake: np.ndarray, num_clusters: int,
+                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """k-means on the union of both sets, then each set's share of points per cluster."""
+    union = np.concatenate([real, fake])
+    with warnings.catch_warnings():
+        # An empty cluster only means an empty histogram bin, which the PRD handles.
+        warnings.filterwarnings("ignore", message="One of the clusters is empty")
+        _, labels = kmeans2(union, num_clusters, minit="++", rng=rng)
+    real_histogram = np.bincount(labels[:len(real)], minlength=num_clusters) / len(real)
+    fake_histogram = np.bincount(labels[len(real):], minlength=num_clusters) / len(fake)
+    return real_histogram, fake_histogram
+
+
+def prd_scores(real_features: torch.Tensor, fake_features: torch.Tensor, num_clusters: int = 20,
+               num_angles: int = 1001, num_runs: int = 10, seed: int = 0) -> PRDScores:
+    """F_8 and F_1/8 of precision and recall for distributions (Sajjadi et al. 2018).
+
+    Per run: cluster the union of both feature sets into `num_clusters` with k-means
+    (k-means++ start, seeded), take each set's histogram over the clusters, and compute
+    the PRD curve (`prd_curve`). The curves of `num_runs` runs are averaged, as in the
+    authors' reference code, and F_beta (`f_beta`) is maximised over the averaged curve:
+    F_8 is high when the fake set covers the real modes (recall), F_1/8 when the fake
+    samples lie on real modes (precision).
+
+    k-means weighs the sets by their sizes; the reference code insists on equal sizes, so
+    pass sets of similar sizes (repeat the smaller one if need be). With fewer distinct
+    points than `num_clusters`, that many clusters are used instead (and recorded).
+
+    Args:
+        real_features, fake_features: (N, D) and (M, D).
+    """
+    _check_features(real_features, fake_features, 1)
+    real = real_features.detach().double().cpu().numpy()
+    fake = fake_features.detach().double().cpu().numpy()
+    distinct = np.unique(np.concatenate([real, fake]), axis=0).shape[0]
+    # k-means++ cannot place more centres than there are distinct points.
+    clusters = max(1, min(int(num_clusters), distinct))
+    rng = np.random.default_rng(seed)
+    curves = [prd_curve(*_cluster_histograms(real, fake, clusters, rng), num_angles=num_angles)
+              for _ in range(num_runs)]
+    precision = np.mean([p for p, _ in curves], axis=0)
+    recall = np.mean([r for _, r in curves], axis=0)
+    return PRDScores(float(f_beta(precision, recall, 8).max()), float(f_beta(precision, recall, 1 / 8).max()),
+                     clusters)
+
+
+# ---------------------------------------------------------------------------------------
+# Mode coverage: IvO error
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IvOError:
+    """IvO reconstruction error per input after a fixed number of steps (DESIGN.md 5-6).
+
+    Attributes:
+        mse: (N,) MSE between the reconstruction and the target, images in [-1, 1].
+        lpips: (N,) distance between them.
+        converged: (N,) bool, mse < threshold.
+        threshold: the MSE threshold used.
+    """
+
+    mse: torch.Tensor
+    lpips: torch.Tensor
+    converged: torch.Tensor
+    threshold: float
+
+
+def ivo_error(net: TowerImplicitModel, task: Task, distance: Distance, x: torch.Tensor,
+              target: torch.Tensor, config: IvOConfig = IvOConfig(),
+              threshold: float = DEFAULT_IVO_THRESHOLD,
+              generator: torch.Generator | None = None) -> IvOError:
+    """Optimise codes to reconstruct each target (`chimle.ivo.invert`) and report the error.
+
+    A model that covers the target's mode can reconstruct it, so a low final MSE means the
+    mode is covered; `converged` is MSE = mean((T(x, z*) - y)^2) < `threshold`.
+
+    Args:
+        x: (N, in_channels, h, w) model inputs; target: (N, 3, H, W) in [-1, 1].
+    """
+    result = invert(net, task, distance, x, target, config, generator=generator)
+    return IvOError(result.mse, result.lpips, result.mse < threshold, float(threshold))

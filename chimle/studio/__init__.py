@@ -1,0 +1,9 @@
+"""CHIMLE Studio: the logic behind `app.py`, kept out of the UI file so tests can call it.
+
+Modules:
+    security: where the app may run training, path confinement, safe zip extraction.
+    models: the model registry (checkpoints and finished runs) and the shared model cache.
+    session: one user's state (input, samples, current code, edits) and its operations.
+    training: launching, listing, re-attaching to and stopping training processes.
+    handlers: Gradio-facing functions (widget values in, widget values out).
+"""

@@ -1,0 +1,439 @@
+"""Gradio-facing handlers: widget values in, widget values (or updates) out.
+
+`app.py` lays out the widgets and connects them to the methods of `Studio`; the order of
+each method's return values is the order of the output lists `app.py` builds with the
+same names (EDITOR_OUTPUTS, CONTROL_OUTPUTS below). The work itself happens in
+`session.StudioSession` and `training`; this module only translates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from ..checkpoint import CheckpointError, tensor_digest
+from ..config import PRESETS
+from ..data import DataError
+from ..images import IMAGE_EXTENSIONS, ImageError, load_rgb
+from ..ivo import IvOConfig
+from ..perceptual import BackboneWeightsError, load_perceptual_distance
+from ..runs import FINISHED, RunPaths
+from ..tasks import TASK_NAMES
+from . import training
+from .models import MODELS, NUM_DIRECTIONS, LoadedModel, find_models
+from .security import (TrainingPolicy, UnsafePathError, ZipLimits, confine_data_folder, data_folders,
+                       extract_images_zip)
+from .session import LevelEdit, RenderReport, StudioError, StudioSession
+
+MAX_LEVELS = 4  # level panels on the page; a model with more levels shows its first four
+# Per level: the panel, 4 direction sliders, global seed and blend, local seed, blend and
+# noise scale, and the lock box.
+CONTROLS_PER_LEVEL = 1 + NUM_DIRECTIONS + 5 + 1
+EDITOR_OUTPUTS = ("state", "result", "level_strip", "compare_input", "compare_truth", "status")
+UPLOAD_MAX_PIXELS = 16_000_000  # a user's photo is kept in the session: bound its memory
+IVO_REPORT_EVERY = 5
+DEFAULT_MAX_SIDE = 256
+
+USER_ERRORS = (StudioError, ImageError, CheckpointError, DataError, UnsafePathError, training.TrainingError,
+               BackboneWeightsError)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Show expected failures as a message on the page instead of a server traceback."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        raise gr.Error(str(error).splitlines()[0] if str(error) else type(error).__name__,
+                       print_exception=False) from None
+
+
+@dataclass(frozen=True)
+class StudioSettings:
+    """Where the studio finds things, and what it may do (from app.py's command line)."""
+
+    checkpoints: Path
+    runs: Path
+    data_root: Path
+    assets: Path
+    policy: TrainingPolicy
+    default_max_side: int = DEFAULT_MAX_SIDE
+
+
+def find_examples(assets: Path) -> list[str]:
+    """Example photos shipped in `assets/` (may be none)."""
+    if not assets.is_dir():
+        return []
+    return [str(p) for p in sorted(assets.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+
+
+def _level_caption(session: StudioSession, level: int) -> str:
+    h, w = session.level_images[level].shape[-2:]
+    return f"Level {level + 1} · {w}×{h}"
+
+
+def describe_render(report: RenderReport | None, num_levels: int) -> str:
+    if report is None:
+        return ""
+    if report.start_level is None:
+        return "Nothing changed (the edit gives the same code)."
+    levels = (f"level {num_levels}" if report.start_level == num_levels - 1
+              else f"levels {report.start_level + 1}–{num_levels}")
+    return f"Rendered {levels} in {report.seconds:.2f} s."
+
+
+class Studio:
+    """The handlers of one app instance; `settings` fixes folders and the training policy."""
+
+    def __init__(self, settings: StudioSettings) -> None:
+        self.settings = settings
+        self.exports_root = Path(tempfile.mkdtemp(prefix="chimle-studio-"))
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _session(session: StudioSession | None) -> StudioSession:
+        return session if session is not None else StudioSession()
+
+    @staticmethod
+    def _model(session: StudioSession) -> LoadedModel:
+        if session.model_path is None:
+            raise StudioError("choose a model first")
+        return MODELS.get(session.model_path)
+
+    def open_model(self, model_path: str) -> LoadedModel:
+        """Load a model the registry lists; any other path is refused (it comes from the browser)."""
+        if model_path not in [value for _, value in self.model_choices()]:
+            raise StudioError("that model is not in the list; refresh the model list")
+        return MODELS.get(model_path)
+
+    def model_choices(self) -> list[tuple[str, str]]:
+        return [(entry.label, str(entry.path)) for entry in find_models(self.settings.checkpoints, self.settings.runs)]
+
+    def editor_values(self, session: StudioSession, model: LoadedModel | None, message: str = "") -> list:
+        """Values for EDITOR_OUTPUTS."""
+        result = session.result_image()
+        strip = [(image, _level_caption(session, level)) for level, image in enumerate(session.level_strip())]
+        compare_input = (session.input_preview(model), result) if result is not None and model else None
+        if session.reference_preview is not None and result is not None:
+            compare_truth = gr.update(value=(session.reference_preview, result), visible=True)
+        else:
+            compare_truth = gr.update(value=None, visible=False)
+        status = message or describe_render(session.last_render, len(session.level_images))
+        return [session, result, strip, compare_input, compare_truth, status]
+
+    def control_values(self, session: StudioSession, model: LoadedModel | None,
+                       levels: list[int] | None = None) -> list:
+        """Values for the level panels (CONTROLS_PER_LEVEL each); levels not listed are skipped."""
+        num_levels = model.num_levels if model is not None else 0
+        values = []
+        for level in range(MAX_LEVELS):
+            if levels is not None and level not in levels:
+                values.extend([gr.skip()] * CONTROLS_PER_LEVEL)
+                continue
+            visible = level < num_levels and session.current is not None
+            edit = session.edits[level] if visible else LevelEdit()
+            title = f"Level {level + 1}"
+            if visible:
+                h, w = session.current.locals[level].shape[-2:]
+                title += f" · works at {w}×{h}, outputs {2 * w}×{2 * h}"
+            values.append(gr.update(visible=visible, label=title))
+            explained = model.directions(level).explained.tolist() if visible else []
+            for index in range(NUM_DIRECTIONS):
+                label = (f"Direction {index + 1} ({explained[index]:.0%} of variance)" if index < len(explained)
+                         else f"Direction {index + 1}")
+                values.append(gr.update(value=edit.directions[index], label=label,
+                                        visible=not visible or index < len(explained)))
+            values.extend([edit.global_seed, edit.global_blend, edit.local_seed, edit.local_blend,
+                           edit.noise_scale, session.locked[level] if visible else False])
+        return values
+
+    def _full(self, session: StudioSession, model: LoadedModel | None, message: str = "") -> list:
+        return self.editor_values(session, model, message) + self.control_values(session, model)
+
+    @staticmethod
+    def gallery_values(session: StudioSession) -> list[tuple[Image.Image, str]]:
+        return [(image, f"#{index + 1}") for index, image in enumerate(session.sample_images)]
+
+    # -- page load and model ------------------------------------------------------------------
+
+    def load_page(self) -> tuple:
+        """Model list (first model chosen) and the example list state, on page load."""
+        choices = self.model_choices()
+        value = choices[0][1] if choices else None
+        info = "" if choices else (f"No models found: put a `.safetensors` checkpoint in "
+                                   f"`{self.settings.checkpoints}` or train one in the Train tab.")
+        return gr.update(choices=choices, value=value), info
+
+    def refresh_models(self, current: str | None) -> dict:
+        choices = self.model_choices()
+        values = [value for _, value in choices]
+        return gr.update(choices=choices, value=current if current in values else (values[0] if values else None))
+
+    def start(self, session: StudioSession | None, model_path: str | None, image_path: str | None,
+              reference_path: str | None, max_side: float, num: float, seed: float, randomise_seed: bool) -> list:
+        """A new model, photo or working size: prepare the input and draw a fresh gallery.
+
+        Returns model info, notes, EDITOR_OUTPUTS, level controls, gallery and seed.
+        """
+        session = self._session(session)
+        if not model_path:
+            return (["No model chosen.", ""] + self._full(session, None)
+                    + [self.gallery_values(session), session.sample_seed])
+        with user_errors():
+            model = self.open_model(model_path)
+            session.set_model(model)
+            notes: list[str] = []
+            if image_path:
+                image = load_rgb(image_path, max_pixels=UPLOAD_MAX_PIXELS, name="the uploaded image")
+                notes = session.set_input(model, image, int(max_side))
+                if reference_path:
+                    session.set_reference(load_rgb(reference_path, max_pixels=UPLOAD_MAX_PIXELS,
+                                                   name="the reference image"))
+                seed = None if randomise_seed else int(seed)
+                session.draw_samples(model, int(num), seed)
+            notes_text = "\n".join(f"- {note[0].upper()}{note[1:]}." for note in notes)
+            return ([model.describe(), notes_text] + self._full(session, model)
+                    + [self.gallery_values(session), session.sample_seed])
+
+    # -- samples ------------------------------------------------------------------------------
+
+    def generate(self, session: StudioSession | None, num: float, seed: float, randomise_seed: bool) -> list:
+        """A fresh gallery; returns EDITOR_OUTPUTS, level controls, gallery and the seed used."""
+        session = self._session(session)
+        with user_errors():
+            model = self._model(session)
+            session.draw_samples(model, int(num), None if randomise_seed else int(seed))
+            return self._full(session, model) + [self.gallery_values(session), session.sample_seed]
+
+    def more(self, session: StudioSession | None, num: float) -> list:
+        session = self._session(session)
+        with user_errors():
+            model = self._model(session)
+            session.draw_samples(model, int(num), more=True)
+            return [session, self.gallery_values(session),
+                    f"{len(session.sample_images)} samples; click one to make it the current result."]
+
+    def select(self, session: StudioSession | None, evt: gr.SelectData) -> list:
+        session = self._session(session)
+        with user_errors():
+            model = self._model(session)
+            session.select_sample(model, int(evt.index))
+            return self._full(session, model, f"Sample #{evt.index + 1} is the current result.")
+
+    # -- level edits --------------------------------------------------------------------------
+
+    def edit_level(self, level: int, session: StudioSession | None, renormalise: bool,
+                   *values: float) -> list:
+        """One level's sliders moved: `values` are the 4 directions, then global seed and
+        blend, local seed and blend, noise scale. Returns EDITOR_OUTPUTS."""
+        session = self._session(session)
+        with user_errors():
+            model = self._model(session)
+            directions = values[:NUM_DIRECTIONS]
+            global_seed, global_blend, local_seed, local_blend, noise_scale = values[NUM_DIRECTIONS:]
+            edit = LevelEdit(tuple(float(a or 0) for a in directions), int(global_seed or 0),
+                             float(global_blend or 0), int(local_seed or 0), float(local_blend or 0),
+                             float(1.0 if noise_scale is None else noise_scale))
+            session.edit_level(model, level, edit, renormalise)
+            return self.editor_values(session, model)
+
+    def randomise_level(self, level: int, session: StudioSession | None) -> list:
+        session = self._session(session)
+        with user_errors():
+            model = self._model(session)
+            session.randomise_level(model, level)
+            return self.editor_values(session, model) + self.control_values(session, model, [level])
+
+    def reset_level(self, level: int, session: StudioSession | None) -> list:
+        session = self._session(session)
+        with user_errors():
+            model = self._model(session)
+            session.reset_level(model, level)
+            return self.editor_values(session, model) + self.control_values(session, model, [level])
+
+    def lock_level(self, level: int, session: StudioSession | None, locked: bool) -> list:
+        session = self._session(session)
+        with user_errors():
+            session.set_locked(level, locked)
+            state = "locked: it keeps its code when samples or levels are re-drawn" if locked else "unlocked"
+            return [session, f"Level {level + 1} {state}."]
+
+    def randomise_unlocked(self, session: StudioSession | None) -> list:
+        session = self._session(session)
+        with user_errors():
+            model = self._model(session)
+            session.randomise_unlocked(model)
+            return self._full(session, model)
+
+    # -- compare, save, load ------------------------------------------------------------------
+
+    def set_reference(self, session: StudioSession | None, reference_path: str | None) -> list:
+        session = self._session(session)
+        with user_errors():
+            image = load_rgb(reference_path, max_pixels=UPLOAD_MAX_PIXELS, name="the reference image") \
+                if reference_path else None
+            if image is not None and session.prepared is None:
+                return self.editor_values(session, None, "Reference kept for later: upload the input photo too.")
+            session.set_reference(image)
+            model = self._model(session) if session.model_path else None
+            return self.editor_values(session, model, "Reference set." if image else "Reference removed.")
+
+    def save(self, session: StudioSession | None) -> list:
+        """Write the result (PNG) and its code (.safetensors) for download."""
+        session = self._session(session)
+        with user_errors():
+            model = self._model(session)
+            codes = session.require_current()
+            # One folder per session: a new save replaces the previous files.
+            folder = self.exports_root / f"{id(session):x}"
+            shutil.rmtree(folder, ignore_errors=True)
+            stem = f"chimle-{model.path.stem}-{tensor_digest(codes.to_tensors())[:8]}"
+            image_path, codes_path = session.export(model, folder, stem)
+            return [[str(image_path), str(codes_path)],
+                    f"Saved `{image_path.name}` (lossless PNG) and `{codes_path.name}` (its code: load it "
+                    f"back with the same model, photo and working size to re-render it exactly)."]
+
+    def load_code(self, session: StudioSession | None, codes_path: str | None) -> list:
+        """Returns EDITOR_OUTPUTS, level controls and the gallery."""
+        session = self._session(session)
+        with user_errors():
+            if not codes_path:
+                raise StudioError("choose a .safetensors code file")
+            model = self._model(session)
+            count = session.load_code_file(model, codes_path)
+            message = ("Loaded the saved code." if count == 1
+                       else f"Loaded {count} codes into the gallery; the first is the current result.")
+            return self._full(session, model, message) + [self.gallery_values(session)]
+
+    def forget(self, session: StudioSession | None) -> None:
+        """gr.State's delete callback: drop the session's saved files."""
+        if session is not None:
+            shutil.rmtree(self.exports_root / f"{id(session):x}", ignore_errors=True)
+
+    # -- reconstruction -----------------------------------------------------------------------
+
+    def reconstruct(self, session: StudioSession | None, steps: float, lr: float) -> Iterator[list]:
+        """IvO toward the reference, streaming: yields the progress text, EDITOR_OUTPUTS and controls."""
+        session = self._session(session)
+        with user_errors():
+            model = self._model(session)
+            distance = load_perceptual_distance("alex")
+            config = IvOConfig(steps=int(steps), lr=float(lr), init_samples=8, report_every=IVO_REPORT_EVERY)
+            first = True
+            for update in session.reconstruct(model, distance, config):
+                text = (f"Step {update.step}/{update.total_steps}: MSE {update.mse:.5f}, "
+                        f"LPIPS {update.lpips:.4f}")
+                if update.step == update.total_steps:
+                    text += " (done: the result is the current code; edit it with the sliders)"
+                # Controls are reset once: the found code is the new starting point of the sliders.
+                controls = self.control_values(session, model) if first or update.step == update.total_steps \
+                    else [gr.skip()] * (MAX_LEVELS * CONTROLS_PER_LEVEL)
+                first = False
+                yield [text] + self.editor_values(session, model, text) + controls
+
+    # -- training -----------------------------------------------------------------------------
+
+    def training_form(self) -> list:
+        """Data folder choices on page load (server folders are listed only when allowed)."""
+        if not self.settings.policy.allowed:
+            return [gr.update(choices=[], value=None)]
+        folders = data_folders(self.settings.data_root)
+        return [gr.update(choices=folders, value=folders[0] if folders else None)]
+
+    def _require_training(self) -> None:
+        if not self.settings.policy.allowed:
+            raise training.TrainingError(self.settings.policy.reason)
+
+    def refresh_runs(self, selected: str | None) -> list:
+        """Runs table, run choice, and the chosen run's status, curve, samples, log and buttons."""
+        if not self.settings.policy.allowed:
+            empty = training.runs_table([])
+            return [empty, gr.update(choices=[], value=None), self.settings.policy.reason, pd.DataFrame(
+                columns=["step", "loss", "series"]), None, "", gr.update(interactive=False),
+                gr.update(interactive=False), gr.update(interactive=False)]
+        runs = training.list_runs(self.settings.runs)
+        names = [run.name for run in runs]
+        if selected not in names:
+            selected = names[0] if names else None
+        run = next((r for r in runs if r.name == selected), None)
+        if run is None:
+            return [training.runs_table(runs), gr.update(choices=names, value=None), "No runs yet.",
+                    pd.DataFrame(columns=["step", "loss", "series"]), None, "", gr.update(interactive=False),
+                    gr.update(interactive=False), gr.update(interactive=False)]
+        status = f"**{run.name}**: {run.state}"
+        if run.total_steps:
+            status += f", step {run.step} of {run.total_steps}"
+        if run.state == "running" and run.eta_seconds is not None:
+            status += f", about {training.format_seconds(run.eta_seconds)} left"
+        if run.message:
+            status += f" — {run.message}"
+        grid_path = training.latest_sample(run.paths)
+        grid = None
+        if grid_path is not None:
+            with contextlib.suppress(ImageError):
+                grid = load_rgb(grid_path)
+        return [training.runs_table(runs), gr.update(choices=names, value=selected), status,
+                training.loss_frame(run.paths), grid, training.log_tail(run.paths),
+                gr.update(interactive=run.can_stop), gr.update(interactive=run.can_resume or run.state == FINISHED),
+                gr.update(interactive=run.has_model)]
+
+    def start_training(self, task: str, preset: str, steps: float, name: str, data_folder: str | None,
+                       archive: str | None, extra_flags: str) -> list:
+        """Start a run; returns a message and the refreshed run outputs (the new run selected)."""
+        with user_errors():
+            self._require_training()
+            if task not in TASK_NAMES or preset not in PRESETS:
+                raise training.TrainingError("choose a task and a preset")
+            flags = training.parse_extra_flags(extra_flags)
+            name = (name or "").strip() or f"{task}-{preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+            name = training.check_run_name(name)
+            run_dir = self.settings.runs / name
+            if run_dir.exists():
+                raise training.TrainingError(f"a run named {name} exists already")
+            if archive:
+                extracted = extract_images_zip(archive, run_dir / "data", ZipLimits())
+                data, source = extracted.folder, f"{len(extracted.images)} photos from the archive"
+            elif data_folder:
+                data = confine_data_folder(data_folder, self.settings.data_root)
+                source = f"the folder {data_folder}"
+            else:
+                raise training.TrainingError("choose a data folder or upload a zip of photos")
+            training.start_run(self.settings.runs, name, task, preset, int(steps), data, flags)
+            return [f"Started run **{name}** on {source}."] + self.refresh_runs(name)
+
+    def stop_training(self, selected: str | None) -> list:
+        with user_errors():
+            self._require_training()
+            message = training.stop_run(self._run_paths(selected))
+            return [message] + self.refresh_runs(selected)
+
+    def resume_training(self, selected: str | None, steps: float | None) -> list:
+        with user_errors():
+            self._require_training()
+            training.resume_run(self._run_paths(selected), int(steps) if steps else None)
+            return [f"Resuming run **{selected}**."] + self.refresh_runs(selected)
+
+    def open_in_explore(self, selected: str | None) -> list:
+        """The run's final model chosen in Explore, and the Explore tab shown."""
+        with user_errors():
+            self._require_training()
+            paths = self._run_paths(selected)
+            if not paths.final_model.is_file():
+                raise training.TrainingError(f"run {selected} has no final model yet")
+            choices = self.model_choices()
+            return [gr.update(choices=choices, value=str(paths.final_model)), gr.Tabs(selected="explore")]
+
+    def _run_paths(self, selected: str | None) -> RunPaths:
+        if not selected:
+            raise training.TrainingError("choose a run")
+        return RunPaths(self.settings.runs / training.check_run_name(selected))

@@ -1,0 +1,490 @@
+"""One user's studio state and the operations on it (no Gradio here; the handlers call these).
+
+The state holds codes, never models: the model is shared (`models.MODELS`) and passed in.
+
+Codes of the current result, per level:
+
+    origin   the code the user picked (a gallery sample, an IvO result, a loaded file);
+             Reset returns a level to it.
+    base     origin, with levels re-drawn by Randomise.
+    current  base with the level's slider edits applied: what is shown, saved and reloaded.
+
+Slider edits are a pure function of (base, slider values), so the same sliders always give
+the same code, and a neutral edit gives back `base` itself, bit for bit.
+
+Blends. A level's global (or local) part moves toward another random code z_seed drawn
+from the seed field: z = (1 - a) z0 + a z_seed. With "renormalise" (the default) the mix is
+divided by sqrt((1 - a)^2 + a^2): for independent z0, z_seed ~ N(0, I) that makes z exactly
+N(0, I) again, so mid-way codes stay where the model was trained (a plain mix at a = 0.5
+has only 71% of a code's typical length, and looks washed out).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..checkpoint import CheckpointError, load_codes, save_codes
+from ..codes import LatentCodes
+from ..imageops import resize
+from ..images import pil_to_tensor, save_png, tensor_to_pil
+from ..ivo import IvOConfig, ivo_steps
+from ..model import Render
+from ..pipeline import PreparedInput, prepare, render, sample_codes
+from ..search import Distance
+from .models import NUM_DIRECTIONS, LoadedModel
+
+MAX_SAMPLES = 48  # gallery size bound: each sample keeps its code and a thumbnail in memory
+RENDER_CHUNK = 4  # samples rendered per forward pass (bounds peak memory for big inputs)
+
+
+class StudioError(ValueError):
+    """An operation the current state does not allow; the message is for the user."""
+
+
+@dataclass(frozen=True)
+class LevelEdit:
+    """Slider values of one level. The defaults are the neutral edit.
+
+    Attributes:
+        directions: amounts, in standard deviations, along the level's main global directions.
+        global_seed, global_blend: blend the global code toward the code drawn from this seed.
+        local_seed, local_blend: the same for the local noise map.
+        noise_scale: factor on the local map (0 removes local variation).
+    """
+
+    directions: tuple[float, ...] = (0.0,) * NUM_DIRECTIONS
+    global_seed: int = 0
+    global_blend: float = 0.0
+    local_seed: int = 0
+    local_blend: float = 0.0
+    noise_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "directions", tuple(float(a) for a in self.directions))
+        if not 0 <= self.global_blend <= 1 or not 0 <= self.local_blend <= 1:
+            raise StudioError("blends must lie between 0 and 1")
+        if self.noise_scale < 0:
+            raise StudioError("the noise scale cannot be negative")
+
+
+def blend(z0: torch.Tensor, z1: torch.Tensor, amount: float, renormalise: bool) -> torch.Tensor:
+    """(1 - a) z0 + a z1, optionally divided by sqrt((1 - a)^2 + a^2) (see the module notes)."""
+    mixed = (1 - amount) * z0 + amount * z1
+    if renormalise:
+        mixed = mixed / math.sqrt((1 - amount) ** 2 + amount ** 2)
+    return mixed
+
+
+def seeded_level(codes: LatentCodes, level: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Level `level` of the one code `sample_codes` would draw with `seed`, for a code shaped like `codes`.
+
+    Drawing the whole code and keeping one level gives every (seed, level) its own vector.
+    """
+    whole = LatentCodes.sample(codes.shape, 1, torch.Generator().manual_seed(int(seed)))
+    return whole.globals[level], whole.locals[level]
+
+
+def edited_level(model: LoadedModel, base: LatentCodes, level: int, edit: LevelEdit,
+                 renormalise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Level `level`'s (global, local) code: `base`'s with `edit` applied.
+
+    Order: blend, then move along the directions (so directions stay meaningful in
+    standard deviations of the blended code's effect); local: blend, then scale.
+    """
+    global_code, local_code = base.globals[level], base.locals[level]
+    if edit.global_blend or edit.local_blend:
+        seeded_global, _ = seeded_level(base, level, edit.global_seed)
+        _, seeded_local = seeded_level(base, level, edit.local_seed)
+        if edit.global_blend:
+            global_code = blend(global_code, seeded_global, edit.global_blend, renormalise)
+        if edit.local_blend:
+            local_code = blend(local_code, seeded_local, edit.local_blend, renormalise)
+    if any(edit.directions):
+        directions = model.directions(level)
+        # A model with a short global code has fewer directions than the page has sliders.
+        amounts = list(edit.directions[:directions.vectors.shape[0]])
+        global_code = directions.apply(global_code, amounts)
+    if edit.noise_scale != 1.0:
+        local_code = local_code * edit.noise_scale
+    return global_code, local_code
+
+
+def first_changed_level(old: LatentCodes | None, new: LatentCodes) -> int | None:
+    """The coarsest level where `new` differs from `old` (0 when there is no `old`), None if equal."""
+    if old is None or old.shape != new.shape or old.batch_size != new.batch_size:
+        return 0
+    for level in range(new.num_levels):
+        if not (torch.equal(old.globals[level], new.globals[level])
+                and torch.equal(old.locals[level], new.locals[level])):
+            return level
+    return None
+
+
+def derived_seed(*parts: int) -> int:
+    """A 31-bit seed determined by `parts` (for "More" batches), well mixed."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
+
+
+def fresh_seed() -> int:
+    return secrets.randbelow(2 ** 31)
+
+
+def prepare_reference(prepared: PreparedInput, image: Image.Image) -> tuple[torch.Tensor, Image.Image]:
+    """A reference photo as an IvO target and a preview, matched to the result's size.
+
+    Returns:
+        (target, preview): target (1, 3, H, W) at the padded output size, in [-1, 1], the
+        padding filled by repeating edges as `prepare` does; preview at the result's size.
+    """
+    crop_h, crop_w = prepared.crop
+    rgb = resize(pil_to_tensor(image), (crop_h, crop_w), mode="bicubic").clamp(-1, 1)  # (1, 3, h, w)
+    out_h, out_w = prepared.output_size
+    target = F.pad(rgb, (0, out_w - crop_w, 0, out_h - crop_h), mode="replicate") if (out_h, out_w) != (crop_h, crop_w) else rgb
+    return target, tensor_to_pil(rgb)
+
+
+@dataclass
+class RenderReport:
+    """What the last render of the current code did: first level recomputed, and time taken."""
+
+    start_level: int | None
+    seconds: float
+
+
+@dataclass
+class IvOUpdate:
+    """One IvO progress report for the page."""
+
+    step: int
+    total_steps: int
+    mse: float
+    lpips: float
+
+
+@dataclass
+class StudioSession:
+    """Everything one user has on the page; see the module notes for origin/base/current."""
+
+    model_path: str | None = None
+    source_image: Image.Image | None = None
+    max_side: int = 256
+    prepared: PreparedInput | None = None
+    reference: torch.Tensor | None = None
+    reference_preview: Image.Image | None = None
+    samples: LatentCodes | None = None
+    sample_images: list[Image.Image] = field(default_factory=list)
+    sample_seed: int = 0
+    batches_drawn: int = 0
+    origin: LatentCodes | None = None
+    base: LatentCodes | None = None
+    edits: list[LevelEdit] = field(default_factory=list)
+    locked: list[bool] = field(default_factory=list)
+    renormalise: bool = True
+    current: LatentCodes | None = None
+    cache: Render | None = None
+    cache_codes: LatentCodes | None = None
+    level_images: list[torch.Tensor] = field(default_factory=list)
+    last_render: RenderReport | None = None
+    # One user's events may overlap (a slider moved while IvO runs); they take turns here.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    # -- inspection ---------------------------------------------------------------------------
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.prepared.notes) if self.prepared else []
+
+    def result_image(self) -> Image.Image | None:
+        return tensor_to_pil(self.level_images[-1][0]) if self.level_images else None
+
+    def level_strip(self) -> list[Image.Image]:
+        return [tensor_to_pil(image[0]) for image in self.level_images]
+
+    def input_preview(self, model: LoadedModel) -> Image.Image | None:
+        """The input as the model sees it (grey for colourization), at the result's size."""
+        if self.prepared is None:
+            return None
+        preview = model.task.input_preview(self.prepared.x, self.prepared.output_size)
+        crop_h, crop_w = self.prepared.crop
+        return tensor_to_pil(preview[..., :crop_h, :crop_w].clamp(-1, 1)[0])
+
+    def require_input(self) -> PreparedInput:
+        if self.prepared is None:
+            raise StudioError("upload an image first")
+        return self.prepared
+
+    def require_current(self) -> LatentCodes:
+        if self.current is None:
+            raise StudioError("generate samples (or load a code) first")
+        return self.current
+
+    # -- input and model ----------------------------------------------------------------------
+
+    def set_model(self, model: LoadedModel) -> None:
+        """Switch models: codes of another model do not fit, so they are dropped."""
+        with self.lock:
+            self.model_path = str(model.path)
+            self._clear_codes()
+            if self.source_image is not None:
+                self.prepared = prepare(model.net, model.task, self.source_image, self.max_side)
+            self.reference = self.reference_preview = None
+
+    def set_input(self, model: LoadedModel, image: Image.Image, max_side: int) -> list[str]:
+        """Use a new photo (an RGB PIL image); returns what was done to it, in words."""
+        with self.lock:
+            prepared = prepare(model.net, model.task, image, int(max_side))
+            self.model_path = str(model.path)
+            self.source_image, self.max_side, self.prepared = image, int(max_side), prepared
+            self.reference = self.reference_preview = None
+            self._clear_codes()
+            return list(prepared.notes)
+
+    def set_reference(self, image: Image.Image | None) -> None:
+        """The true photo, if the user has it: shown beside the result and used as IvO target."""
+        with self.lock:
+            if image is None:
+                self.reference = self.reference_preview = None
+                return
+            self.reference, self.reference_preview = prepare_reference(self.require_input(), image)
+
+    def _clear_codes(self) -> None:
+        self.samples, self.sample_images, self.batches_drawn = None, [], 0
+        self.origin = self.base = self.current = None
+        self.cache = self.cache_codes = None
+        self.level_images, self.edits, self.locked = [], [], []
+        self.last_render = None
+
+    # -- samples ------------------------------------------------------------------------------
+
+    def draw_samples(self, model: LoadedModel, num: int, seed: int | None = None, more: bool = False) -> None:
+        """Draw `num` fresh samples into the gallery (replacing it, or adding with `more`).
+
+        Locked levels of the current code are copied into every new sample. The first
+        batch of seed s has the codes `python -m chimle sample --seed s` draws.
+        """
+        with self.lock:
+            prepared = self.require_input()
+            num = int(num)
+            if num < 1:
+                raise StudioError("draw at least one sample")
+            if not more or self.samples is None:
+                self.sample_seed = fresh_seed() if seed is None else int(seed)
+                self.samples, self.sample_images, self.batches_drawn = None, [], 0
+            existing = 0 if self.samples is None else self.samples.batch_size
+            if existing + num > MAX_SAMPLES:
+                raise StudioError(f"the gallery holds at most {MAX_SAMPLES} samples; "
+                                  f"generate a new set instead")
+            draw_seed = self.sample_seed if self.batches_drawn == 0 else derived_seed(self.sample_seed, self.batches_drawn)
+            codes = self._with_locked_levels(sample_codes(model.net, prepared, num, draw_seed))
+            images = []
+            for start in range(0, num, RENDER_CHUNK):
+                level_images, _ = render(model.net, model.task, prepared, codes[start:start + RENDER_CHUNK])
+                images.extend(tensor_to_pil(image) for image in level_images[-1])
+            self.samples = codes if self.samples is None else LatentCodes.cat([self.samples, codes])
+            self.sample_images.extend(images)
+            self.batches_drawn += 1
+            if not more or self.current is None:
+                self.adopt(model, self.samples[0])
+
+    def _with_locked_levels(self, codes: LatentCodes) -> LatentCodes:
+        if self.current is None or not any(self.locked) or self.current.shape != codes.shape:
+            return codes
+        repeated = self.current.repeat_interleave(codes.batch_size)
+        for level, locked in enumerate(self.locked):
+            if locked:
+                codes = codes.replace_level(level, repeated)
+        return codes
+
+    def select_sample(self, model: LoadedModel, index: int) -> None:
+        """Make gallery sample `index` the current code."""
+        with self.lock:
+            if self.samples is None or not 0 <= index < self.samples.batch_size:
+                raise StudioError("no such sample")
+            self.adopt(model, self.samples[index])
+
+    # -- the current code ---------------------------------------------------------------------
+
+    def adopt(self, model: LoadedModel, codes: LatentCodes) -> RenderReport:
+        """Make `codes` (one sample) the current code, all sliders neutral; locks are kept."""
+        with self.lock:
+            prepared = self.require_input()
+            expected = model.net.code_shape(prepared.output_size)
+            if codes.batch_size != 1 or codes.shape != expected:
+                raise StudioError(f"this code does not fit the input: it is for an output with a "
+                                  f"finest level of {codes.shape.local_sizes[-1]}, this input needs "
+                                  f"{expected.local_sizes[-1]} (same model, same image size?)")
+            levels = codes.num_levels
+            self.origin = codes.clone()
+            self.base = self.origin
+            self.current = self.origin
+            self.edits = [LevelEdit() for _ in range(levels)]
+            if len(self.locked) != levels:
+                self.locked = [False] * levels
+            return self._render_current(model)
+
+    def edit_level(self, model: LoadedModel, level: int, edit: LevelEdit,
+                   renormalise: bool | None = None) -> RenderReport:
+        """Apply one level's slider values; re-renders from that level upward."""
+        with self.lock:
+            self.require_current()
+            self._check_level(level)
+            if renormalise is not None:
+                self.renormalise = bool(renormalise)
+            self.edits[level] = edit
+            self._apply_edits(model, [level])
+            return self._render_current(model)
+
+    def randomise_level(self, model: LoadedModel, level: int, seed: int | None = None) -> RenderReport:
+        """Draw a new base code for `level` (both parts); its sliders return to neutral."""
+        with self.lock:
+            self.require_current()
+            self._check_level(level)
+            drawn_global, drawn_local = seeded_level(self.base, level, fresh_seed() if seed is None else seed)
+            self.base = self.base.with_level(level, drawn_global, drawn_local)
+            self.edits[level] = LevelEdit()
+            self._apply_edits(model, [level])
+            return self._render_current(model)
+
+    def randomise_unlocked(self, model: LoadedModel) -> RenderReport:
+        """Re-draw every unlocked level of the current code."""
+        with self.lock:
+            self.require_current()
+            unlocked = [level for level, locked in enumerate(self.locked) if not locked]
+            if not unlocked:
+                raise StudioError("every level is locked; unlock one to re-draw it")
+            for level in unlocked:
+                drawn_global, drawn_local = seeded_level(self.base, level, fresh_seed())
+                self.base = self.base.with_level(level, drawn_global, drawn_local)
+                self.edits[level] = LevelEdit()
+            self._apply_edits(model, unlocked)
+            return self._render_current(model)
+
+    def reset_level(self, model: LoadedModel, level: int) -> RenderReport:
+        """Return `level` to the picked code, sliders neutral."""
+        with self.lock:
+            self.require_current()
+            self._check_level(level)
+            self.base = self.base.replace_level(level, self.origin)
+            self.edits[level] = LevelEdit()
+            self._apply_edits(model, [level])
+            return self._render_current(model)
+
+    def set_locked(self, level: int, locked: bool) -> None:
+        with self.lock:
+            self.require_current()
+            self._check_level(level)
+            self.locked[level] = bool(locked)
+
+    def _check_level(self, level: int) -> None:
+        if not 0 <= level < self.current.num_levels:
+            raise StudioError(f"this model has {self.current.num_levels} levels, not {level + 1}")
+
+    def _apply_edits(self, model: LoadedModel, levels: list[int]) -> None:
+        current = self.current
+        for level in levels:
+            edit = self.edits[level]
+            if edit == LevelEdit():
+                # Neutral: the base itself, so an unedited level is bit-exactly the picked code.
+                current = current.replace_level(level, self.base)
+            else:
+                global_code, local_code = edited_level(model, self.base, level, edit, self.renormalise)
+                current = current.with_level(level, global_code, local_code)
+        self.current = current
+
+    def _render_current(self, model: LoadedModel) -> RenderReport:
+        """Render the current code, reusing the cached levels below the first changed one.
+
+        The first changed level is found by comparing codes rather than trusted from the
+        caller, so whatever happened to the state in between, the cache is only reused
+        where it is still right.
+        """
+        tic = time.perf_counter()
+        start = first_changed_level(self.cache_codes if self.cache is not None else None, self.current)
+        if start is not None:
+            images, self.cache = render(model.net, model.task, self.prepared, self.current,
+                                        reuse=self.cache if start > 0 else None, start_level=start)
+            self.level_images = [image.clone() for image in images]
+            self.cache_codes = self.current
+        self.last_render = RenderReport(start, time.perf_counter() - tic)
+        return self.last_render
+
+    # -- saving and loading codes -------------------------------------------------------------
+
+    def export(self, model: LoadedModel, folder: str | Path, stem: str) -> tuple[Path, Path]:
+        """Write the result as a lossless PNG and its code as .safetensors into `folder`."""
+        with self.lock:
+            codes = self.require_current()
+            self._render_current(model)  # the picture must be of this code (IvO may have been stopped)
+            folder = Path(folder)
+            image_path, codes_path = folder / f"{stem}.png", folder / f"{stem}.safetensors"
+            save_png(image_path, self.result_image())
+            prepared = self.require_input()
+            save_codes(codes_path, codes, model.fingerprint,
+                       {"model": model.path.name, "task": model.task.name, "output_size": list(prepared.output_size),
+                        "crop": list(prepared.crop), "max_side": self.max_side})
+            return image_path, codes_path
+
+    def load_code_file(self, model: LoadedModel, path: str | Path) -> int:
+        """Load codes saved by the studio or the CLI; returns how many samples the file held.
+
+        One code becomes the current code; several fill the gallery and the first is picked.
+        """
+        with self.lock:
+            prepared = self.require_input()
+            try:
+                codes, _ = load_codes(path, model.fingerprint)
+            except CheckpointError as error:
+                raise StudioError(str(error).replace(str(path), "the code file")) from None
+            expected = model.net.code_shape(prepared.output_size)
+            if codes.shape != expected:
+                raise StudioError(f"this code is for an output whose finest level is "
+                                  f"{codes.shape.local_sizes[-1]}; this input needs {expected.local_sizes[-1]}: "
+                                  f"use the same image and working size as when it was saved")
+            if codes.batch_size > 1:
+                codes = codes[:MAX_SAMPLES]
+                images = []
+                for start in range(0, codes.batch_size, RENDER_CHUNK):
+                    level_images, _ = render(model.net, model.task, prepared, codes[start:start + RENDER_CHUNK])
+                    images.extend(tensor_to_pil(image) for image in level_images[-1])
+                self.samples, self.sample_images, self.batches_drawn = codes, images, 1
+            self.adopt(model, codes[0])
+            return codes.batch_size
+
+    # -- reconstruction (IvO) -----------------------------------------------------------------
+
+    def reconstruct(self, model: LoadedModel, distance: Distance, config: IvOConfig,
+                    seed: int = 0) -> Iterator[IvOUpdate]:
+        """Optimise the current code toward the reference photo, yielding progress.
+
+        Starts from the current code (or, without one, the best of `config.init_samples`
+        random codes). At every report the code so far becomes the current code and is
+        rendered, so the page shows it live and a Stop keeps it, editable with the sliders.
+        The optimisation runs outside the session lock; only adopting a code takes it.
+        """
+        with self.lock:
+            self.require_input()
+            if self.reference is None:
+                raise StudioError("give a reference image to reconstruct")
+            prepared, target, init = self.prepared, self.reference, self.current
+        steps = ivo_steps(model.net, model.task, distance, prepared.x, target, config, init=init,
+                          generator=torch.Generator().manual_seed(seed))
+        try:
+            for progress in steps:
+                with self.lock:
+                    if self.prepared is not prepared:
+                        raise StudioError("the input changed during the reconstruction; it was abandoned")
+                    self.adopt(model, progress.codes)
+                yield IvOUpdate(progress.step, config.steps, float(progress.mse[0]), float(progress.lpips[0]))
+        finally:
+            steps.close()  # restores the model's gradient flags at once, also when stopped early

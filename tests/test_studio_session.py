@@ -1,0 +1,240 @@
+"""The studio's per-user session: samples, level edits, locks, save/load, IvO (no server)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from chimle.ivo import IvOConfig
+from chimle.pipeline import sample_codes
+from chimle.studio.models import ModelCache
+from chimle.studio.session import (MAX_SAMPLES, LevelEdit, StudioError, StudioSession, blend,
+                                   first_changed_level, seeded_level)
+
+from .studio_helpers import photo, pixels, tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoints")
+    cache = ModelCache(capacity=4)
+    return {"colour": cache.get(tiny_checkpoint(folder, "colourization")),
+            "jpeg": cache.get(tiny_checkpoint(folder, "jpeg"))}
+
+
+@pytest.fixture
+def session(models):
+    """A session with a 64x64 grey-to-colour input and 4 samples drawn with seed 3."""
+    session = StudioSession()
+    session.set_input(models["colour"], photo("astronaut", (64, 64)), 64)
+    session.draw_samples(models["colour"], 4, seed=3)
+    return session
+
+
+def _images(session):
+    return [image.clone() for image in session.level_images]
+
+
+def test_first_batch_is_what_the_cli_draws(session, models):
+    expected = sample_codes(models["colour"].net, session.prepared, 4, 3)
+    assert session.samples.equal(expected)
+    assert session.current.equal(expected[0])
+    assert len(session.sample_images) == 4
+
+
+def test_notes_say_grey_and_resize_and_nothing_is_cropped(models):
+    session = StudioSession()
+    notes = session.set_input(models["colour"], photo("chelsea", (100, 80)), 64)
+    assert any("grey" in note for note in notes)
+    assert any("resized from 100x80 to 64x51" in note for note in notes)
+    session.draw_samples(models["colour"], 1, seed=0)
+    assert session.result_image().size == (64, 51)  # the whole photo, padding cropped away
+    assert [image.shape[-2:] for image in session.level_images] == [(13, 16), (26, 32), (51, 64)]
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+@pytest.mark.parametrize("part", ["global", "local"])
+def test_an_edit_rerenders_only_the_edited_level_and_finer(session, models, level, part):
+    before = _images(session)
+    edit = LevelEdit(directions=(2.5, 0, 0, 0)) if part == "global" else LevelEdit(local_seed=7, local_blend=0.8)
+    report = session.edit_level(models["colour"], level, edit)
+    assert report.start_level == level
+    for index, (old, new) in enumerate(zip(before, session.level_images)):
+        if index < level:
+            assert torch.equal(old, new), f"level {index + 1} changed after editing level {level + 1}"
+        else:
+            assert (old - new).abs().max() > 1e-3, f"level {index + 1} did not change"
+    # Only the edited level's code (and only the edited part) moved.
+    assert first_changed_level(session.origin, session.current) == level
+    changed_global = not torch.equal(session.current.globals[level], session.origin.globals[level])
+    changed_local = not torch.equal(session.current.locals[level], session.origin.locals[level])
+    assert (changed_global, changed_local) == ((True, False) if part == "global" else (False, True))
+
+
+def test_the_incremental_render_equals_a_full_render(session, models):
+    session.edit_level(models["colour"], 1, LevelEdit(global_seed=5, global_blend=0.5, noise_scale=0.3))
+    incremental = _images(session)
+    session.cache = None  # force every level to be recomputed
+    session._render_current(models["colour"])
+    assert all(torch.equal(a, b) for a, b in zip(incremental, session.level_images))
+
+
+def test_returning_the_sliders_to_neutral_gives_back_the_exact_code(session, models):
+    before = _images(session)
+    session.edit_level(models["colour"], 1, LevelEdit(directions=(1, -2, 0, 0.5), global_blend=0.3,
+                                                      local_blend=0.6, noise_scale=1.5))
+    report = session.edit_level(models["colour"], 1, LevelEdit(global_seed=99, local_seed=4))
+    assert session.current.equal(session.origin)
+    assert report.start_level == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, session.level_images))
+    # A seed change with blend 0 changes nothing, and nothing is rendered.
+    assert session.edit_level(models["colour"], 1, LevelEdit(global_seed=5)).start_level is None
+
+
+def test_blend_formula_and_renormalisation():
+    generator = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn(2, 200_000, generator=generator)
+    assert torch.equal(blend(z0, z1, 0.0, True), z0)
+    assert torch.allclose(blend(z0, z1, 1.0, True), z1)
+    assert torch.allclose(blend(z0, z1, 0.5, False), 0.5 * z0 + 0.5 * z1)
+    assert torch.allclose(blend(z0, z1, 0.5, True), (0.5 * z0 + 0.5 * z1) / math.sqrt(0.5))
+    # Renormalised mixes of independent N(0, 1) codes are N(0, 1) again; plain ones shrink.
+    for amount in (0.25, 0.5, 0.8):
+        assert abs(blend(z0, z1, amount, True).var().item() - 1) < 0.02
+    assert abs(blend(z0, z1, 0.5, False).var().item() - 0.5) < 0.02
+
+
+def test_blend_targets_differ_per_level_and_part(session):
+    g0, l0 = seeded_level(session.current, 0, 11)
+    g1, _ = seeded_level(session.current, 1, 11)
+    assert not torch.equal(g0, g1)
+    assert torch.equal(seeded_level(session.current, 0, 11)[0], g0)  # reproducible
+    assert l0.shape == session.current.locals[0].shape
+
+
+def test_locked_levels_are_kept_in_new_samples(session, models):
+    session.edit_level(models["colour"], 0, LevelEdit(directions=(1.5, 0, 0, 0)))
+    locked_global, locked_local = session.current.globals[0], session.current.locals[0]
+    session.set_locked(0, True)
+    session.draw_samples(models["colour"], 3, more=True)
+    new = session.samples[4:]
+    assert torch.equal(new.globals[0], locked_global.expand(3, -1))
+    assert torch.equal(new.locals[0], locked_local.expand(3, -1, -1, -1))
+    assert not torch.equal(new.globals[1][0], new.globals[1][1])  # unlocked levels are fresh
+    # A new gallery keeps the lock too, and its first sample becomes current.
+    session.draw_samples(models["colour"], 2, seed=8)
+    assert torch.equal(session.current.globals[0], locked_global)
+    assert session.locked == [True, False, False]
+
+
+def test_randomise_and_reset_a_level(session, models):
+    origin = session.current
+    session.randomise_level(models["colour"], 2, seed=1234)
+    assert first_changed_level(origin, session.current) == 2
+    assert not torch.equal(session.current.locals[2], origin.locals[2])
+    session.reset_level(models["colour"], 2)
+    assert session.current.equal(origin)
+
+
+def test_redraw_unlocked_levels_keeps_locked_ones(session, models):
+    origin = session.current
+    session.set_locked(0, True)
+    session.randomise_unlocked(models["colour"])
+    assert torch.equal(session.current.globals[0], origin.globals[0])
+    assert torch.equal(session.current.locals[0], origin.locals[0])
+    assert not torch.equal(session.current.globals[1], origin.globals[1])
+    session.set_locked(1, True)
+    session.set_locked(2, True)
+    with pytest.raises(StudioError, match="every level is locked"):
+        session.randomise_unlocked(models["colour"])
+
+
+def test_saved_png_and_code_reload_bit_exactly(session, models, tmp_path):
+    session.edit_level(models["colour"], 1, LevelEdit(directions=(0.7, 0, -1.2, 0), local_blend=0.4, local_seed=2))
+    image_path, codes_path = session.export(models["colour"], tmp_path, "result")
+    assert np.array_equal(pixels(image_path), np.asarray(session.result_image()))
+    fresh = StudioSession()
+    fresh.set_input(models["colour"], photo("astronaut", (64, 64)), 64)
+    assert fresh.load_code_file(models["colour"], codes_path) == 1
+    assert fresh.current.equal(session.current)
+    assert np.array_equal(np.asarray(fresh.result_image()), pixels(image_path))
+
+
+def test_a_code_for_another_model_or_size_is_refused(session, models, tmp_path):
+    _, codes_path = session.export(models["colour"], tmp_path, "result")
+    other_model = StudioSession()
+    other_model.set_input(models["jpeg"], photo("astronaut", (64, 64)), 64)
+    with pytest.raises(StudioError, match="another model"):
+        other_model.load_code_file(models["jpeg"], codes_path)
+    other_size = StudioSession()
+    other_size.set_input(models["colour"], photo("astronaut", (128, 128)), 128)
+    with pytest.raises(StudioError, match="same image and working size"):
+        other_size.load_code_file(models["colour"], codes_path)
+
+
+def test_a_file_of_several_codes_fills_the_gallery(session, models, tmp_path):
+    from chimle.checkpoint import save_codes
+
+    path = tmp_path / "many.safetensors"
+    save_codes(path, session.samples, models["colour"].fingerprint)
+    fresh = StudioSession()
+    fresh.set_input(models["colour"], photo("astronaut", (64, 64)), 64)
+    assert fresh.load_code_file(models["colour"], path) == 4
+    assert fresh.samples.equal(session.samples) and fresh.current.equal(session.samples[0])
+
+
+def test_ivo_moves_toward_the_reference_and_stopping_keeps_the_code(session, models, lpips_alex):
+    model = models["colour"]
+    session.set_reference(photo("astronaut", (64, 64)))
+    start = session.current
+    updates = list(session.reconstruct(model, lpips_alex, IvOConfig(steps=10, report_every=5)))
+    assert [u.step for u in updates] == [0, 5, 10]
+    assert updates[-1].lpips < updates[0].lpips
+    assert not session.current.equal(start)
+    assert session.current.equal(session.origin)  # the found code is the new starting point
+    # Stop after the first report: the code seen at that report stays current and rendered.
+    running = session.reconstruct(model, lpips_alex, IvOConfig(steps=50, report_every=5))
+    next(running)
+    next(running)
+    seen = session.current
+    running.close()
+    assert session.current.equal(seen)
+    assert session.cache_codes.equal(seen)
+    assert all(not p.requires_grad for p in model.net.parameters())
+
+
+def test_operations_need_their_inputs(models):
+    session = StudioSession()
+    with pytest.raises(StudioError, match="upload an image"):
+        session.draw_samples(models["colour"], 2)
+    session.set_input(models["colour"], photo(), 64)
+    with pytest.raises(StudioError, match="generate samples"):
+        session.edit_level(models["colour"], 0, LevelEdit())
+    with pytest.raises(StudioError, match="reference"):
+        next(session.reconstruct(models["colour"], None, IvOConfig(steps=1)))
+    session.draw_samples(models["colour"], 1, seed=0)
+    with pytest.raises(StudioError, match="3 levels"):
+        session.edit_level(models["colour"], 3, LevelEdit())
+    with pytest.raises(StudioError, match="at most"):
+        session.draw_samples(models["colour"], MAX_SAMPLES + 1)
+    with pytest.raises(StudioError, match="blends"):
+        LevelEdit(global_blend=1.5)
+
+
+def test_switching_models_drops_codes_and_keeps_the_photo(session, models):
+    session.set_model(models["jpeg"])
+    assert session.current is None and session.samples is None
+    assert session.prepared.x.shape[1] == 3  # re-prepared for the RGB-input model
+    session.draw_samples(models["jpeg"], 2, seed=0)
+    assert session.result_image().size == (64, 64)
+
+
+def test_reference_is_matched_to_the_result_size(models):
+    session = StudioSession()
+    session.set_input(models["colour"], photo("chelsea", (100, 80)), 64)
+    session.set_reference(photo("chelsea", (300, 240)))
+    assert session.reference_preview.size == (64, 51)
+    assert tuple(session.reference.shape[-2:]) == session.prepared.output_size
