@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from chimle.config import PRESETS
 from chimle.studio.handlers import (CONTROLS_PER_LEVEL, MAX_LEVELS, NUM_DIRECTIONS, Studio, StudioSettings,
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="enable training even when the app is reachable from other machines (never on Spaces)")
     parser.add_argument("--max-queue", type=int, default=32, help="requests waiting at most (bounds memory)")
     parser.add_argument("--concurrency", type=int, default=2, help="renders running at once")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads per render (0: torch's default); 1 keeps the page quick while a "
+                             "training run uses the same cores")
     return parser.parse_args(argv)
 
 
@@ -280,6 +284,8 @@ def launch_options(settings: StudioSettings) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     settings = settings_from_args(args)
     demo = build_demo(settings, concurrency=args.concurrency, max_queue=args.max_queue)
     host = args.host or ("0.0.0.0" if on_spaces() else None)

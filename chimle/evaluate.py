@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint
 from .codes import LatentCodes
-from .data import DEFAULT_MAX_SIDE, ImageCorpus, PairedCorpus, validation_batch
+from .data import DEFAULT_MAX_SIDE, Batch, ImageCorpus, PairedCorpus, validation_batch
 from .fileio import atomic_write_json, atomic_write_text
 from .inception import INCEPTION_INSTALL_HINT, InceptionWeightsError, load_inception_features
 from .ivo import IvOConfig
@@ -49,6 +49,9 @@ FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 # Averaged over photos into the summary; in this order in the per-image entries.
 PER_IMAGE_METRICS = ("lpips_diversity", "fwv", "best_lpips", "mean_lpips", "best_psnr",
                      "ivo_mse", "ivo_lpips")
+# Computed over all photos at once from features; None when there are no features.
+FEATURE_METRICS = ("fid", "kid_mean", "kid_std", "kid_subset_size", "prd_f8", "prd_f1_8",
+                   "prd_num_clusters")
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -56,19 +59,31 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _load_corpus(data_dir: str | os.PathLike, paired: bool, crop_size: int) -> ImageCorpus | PairedCorpus:
+def _held_out_batch(task, data_dir: str | os.PathLike, crop_size: int, max_images: int | None,
+                    seed: int) -> tuple[Batch, list[str]]:
+    """Center crops of the first photos of `data_dir`, and their files relative to it."""
     # Photos are kept at the training default size (crops then show the same scale as in
     # training), but never smaller than a crop.
     max_side = max(DEFAULT_MAX_SIDE, crop_size)
-    if paired:
-        return PairedCorpus.from_folder(data_dir, max_side)
-    return ImageCorpus.from_folder(data_dir, max_side)
+    if task.paired:
+        corpus = PairedCorpus.from_folder(data_dir, max_side)
+        files = [target for _, target in corpus.pairs]
+    else:
+        corpus = ImageCorpus.from_folder(data_dir, max_side)
+        files = corpus.paths
+    count = len(corpus) if max_images is None else min(max_images, len(corpus))
+    batch = validation_batch(corpus, crop_size, task, count, seed)
+    return batch, [os.path.relpath(path, data_dir) for path in files[:count]]
 
 
-def _image_names(corpus: ImageCorpus | PairedCorpus, data_dir: str | os.PathLike) -> list[str]:
-    """Each photo's file relative to the data folder (the target's, for paired data)."""
-    files = [target for _, target in corpus.pairs] if corpus.paired else corpus.paths
-    return [os.path.relpath(path, data_dir) for path in files]
+def _output_size(net, task, x: torch.Tensor, crop_size: int) -> tuple[int, int]:
+    """The model's output size for these inputs; ValueError naming --crop-size if it cannot work."""
+    output_size = task.output_size(tuple(x.shape[-2:]), net.num_levels)
+    try:
+        net.code_shape(output_size)
+    except ValueError as error:
+        raise ValueError(f"crop size {crop_size} does not fit this model: {error}") from None
+    return output_size
 
 
 def _sample(checkpoint, x: torch.Tensor, output_size: tuple[int, int], num_samples: int,
@@ -88,6 +103,12 @@ def _load_features(device: str, notes: list[str]) -> FeatureExtractor | None:
         notes.append(f"FID, KID and PRD were not computed: {error}. "
                      f"Install the TF-FID Inception weights with `{INCEPTION_INSTALL_HINT}`.")
         return None
+
+
+def _features_label(given: FeatureExtractor | None, used: FeatureExtractor | None) -> str | None:
+    if used is None:
+        return None
+    return "TF-FID Inception-v3 pool3" if given is None else "custom"
 
 
 def _feature_metrics(real: torch.Tensor, fake: torch.Tensor, num_samples: int, seed: int,
@@ -113,6 +134,29 @@ def _feature_metrics(real: torch.Tensor, fake: torch.Tensor, num_samples: int, s
 def _mean(values: list[float | None]) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else None
+
+
+def _sample_metrics(samples: torch.Tensor, observed: torch.Tensor, distance, sigma: float) -> dict[str, Any]:
+    """Diversity, FwV, best/mean LPIPS and the best sample's PSNR for one photo."""
+    closeness = best_and_mean_lpips(samples, observed, distance)
+    best = samples[closeness.best_index:closeness.best_index + 1]
+    return {
+        "lpips_diversity": lpips_diversity(samples, distance) if samples.shape[0] >= 2 else None,
+        "fwv": faithfulness_weighted_variance(samples, observed, distance, sigma).value,
+        "best_lpips": closeness.best,
+        "mean_lpips": closeness.mean,
+        "best_psnr": _finite_or_none(float(psnr(best, observed)[0])),
+    }
+
+
+def _summary(per_image: list[dict[str, Any]], sigma: float) -> dict[str, Any]:
+    """Per-photo metrics averaged over photos; FID/KID/PRD entries start as None."""
+    summary: dict[str, Any] = {name: _mean([entry[name] for entry in per_image])
+                               for name in PER_IMAGE_METRICS}
+    summary["ivo_converged_rate"] = sum(entry["ivo_converged"] for entry in per_image) / len(per_image)
+    summary["fwv_sigma"] = float(sigma)
+    summary.update(dict.fromkeys(FEATURE_METRICS))
+    return summary
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, num_samples: int = 10,
@@ -148,11 +192,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     started = time.monotonic()
     loaded = load_checkpoint(checkpoint, device=device)
     net, task = loaded.net, loaded.task
-    corpus = _load_corpus(data_dir, task.paired, crop_size)
-    count = len(corpus) if max_images is None else min(max_images, len(corpus))
-    batch = validation_batch(corpus, crop_size, task, count, seed)
-    output_size = task.output_size(tuple(batch.x.shape[-2:]), net.num_levels)
-    net.code_shape(output_size)  # fail early, with its message, when the crop does not fit
+    batch, names = _held_out_batch(task, data_dir, crop_size, max_images, seed)
+    output_size = _output_size(net, task, batch.x, crop_size)
     distance = load_perceptual_distance(lpips_net, device)
     notes: list[str] = []
     features = feature_extractor if feature_extractor is not None else _load_features(device, notes)
@@ -160,35 +201,22 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
         notes.append("LPIPS diversity needs at least 2 samples per photo; it was not computed.")
 
     code_generator = torch.Generator().manual_seed(seed)
-    ivo_generator = torch.Generator().manual_seed(seed + 1)
+    # The search inside IvO draws on the input's device, so its generator lives there.
+    ivo_generator = torch.Generator(device=device).manual_seed(seed + 1)
     ivo_config = IvOConfig(steps=ivo_steps, init_samples=ivo_init_samples)
-    names = _image_names(corpus, data_dir)[:count]
     per_image, real_features, fake_features = [], [], []
-    for index in tqdm(range(count), desc=f"eval {Path(checkpoint).name}", disable=not progress):
+    for index in tqdm(range(len(names)), desc=f"eval {Path(checkpoint).name}", disable=not progress):
         x, y = batch.x[index:index + 1].to(device), batch.y[index:index + 1].to(device)
         samples = _sample(loaded, x, output_size, num_samples, code_generator)  # (K, 3, H, W)
-        closeness = best_and_mean_lpips(samples, y, distance)
         ivo = ivo_error(net, task, distance, x, y, ivo_config, ivo_threshold, ivo_generator)
-        per_image.append({
-            "file": names[index],
-            "lpips_diversity": lpips_diversity(samples, distance) if num_samples >= 2 else None,
-            "fwv": faithfulness_weighted_variance(samples, y, distance, sigma).value,
-            "best_lpips": closeness.best,
-            "mean_lpips": closeness.mean,
-            "best_psnr": _finite_or_none(float(psnr(samples[closeness.best_index:closeness.best_index + 1], y)[0])),
-            "ivo_mse": float(ivo.mse[0]),
-            "ivo_lpips": float(ivo.lpips[0]),
-            "ivo_converged": bool(ivo.converged[0]),
-        })
+        per_image.append({"file": names[index], **_sample_metrics(samples, y, distance, sigma),
+                          "ivo_mse": float(ivo.mse[0]), "ivo_lpips": float(ivo.lpips[0]),
+                          "ivo_converged": bool(ivo.converged[0])})
         if features is not None:
             real_features.append(features(y).cpu())
             fake_features.append(features(samples).cpu())
 
-    summary: dict[str, Any] = {name: _mean([entry[name] for entry in per_image]) for name in PER_IMAGE_METRICS}
-    summary["ivo_converged_rate"] = sum(entry["ivo_converged"] for entry in per_image) / count
-    summary["fwv_sigma"] = float(sigma)
-    for name in ("fid", "kid_mean", "kid_std", "kid_subset_size", "prd_f8", "prd_f1_8", "prd_num_clusters"):
-        summary[name] = None
+    summary = _summary(per_image, sigma)
     if features is not None:
         summary.update(_feature_metrics(torch.cat(real_features), torch.cat(fake_features),
                                         num_samples, seed, notes))
@@ -201,8 +229,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
                     "ivo_steps": ivo_steps, "ivo_init_samples": ivo_init_samples,
                     "ivo_threshold": ivo_threshold, "sigma": float(sigma), "seed": seed,
                     "max_images": max_images, "lpips_net": lpips_net, "device": str(device),
-                    "features": "TF-FID Inception-v3 pool3" if feature_extractor is None else "custom"},
-        "num_images": count,
+                    "features": _features_label(feature_extractor, features)},
+        "num_images": len(names),
         "summary": summary,
         "per_image": per_image,
         "notes": notes,
@@ -275,6 +303,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--num-samples", type=int, default=10, help="samples per photo")
     parser.add_argument("--crop-size", type=int, default=256, help="side of the center crops")
     parser.add_argument("--ivo-steps", type=int, default=100, help="IvO steps per photo")
+    parser.add_argument("--ivo-init-samples", type=int, default=16,
+                        help="IvO starts from the best of this many random codes")
     parser.add_argument("--ivo-threshold", type=float, default=DEFAULT_IVO_THRESHOLD,
                         help="IvO counts as converged when its MSE ([-1, 1] images) is below this")
     parser.add_argument("--sigma", type=float, default=0.1, help="FwV kernel width (LPIPS units)")
@@ -293,7 +323,8 @@ def run(args: argparse.Namespace) -> int:
     reports = [evaluate_checkpoint(
         path, args.data, num_samples=args.num_samples, crop_size=args.crop_size,
         ivo_steps=args.ivo_steps, sigma=args.sigma, seed=args.seed, max_images=args.max_images,
-        progress=not args.no_progress, ivo_threshold=args.ivo_threshold, lpips_net=args.lpips_net,
+        progress=not args.no_progress, ivo_threshold=args.ivo_threshold,
+        ivo_init_samples=args.ivo_init_samples, lpips_net=args.lpips_net,
         device=args.device) for path in args.checkpoint]
     document = _markdown_document(reports)
     if args.out:

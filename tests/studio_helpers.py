@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -63,3 +64,13 @@ def free_port() -> int:
 def pixels(path: str | Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB")).copy()
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread while the module runs: these tests share two cores with other CPU-heavy
+    jobs, where oversubscribed intra-op threads made IvO steps 5-10x slower than one thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

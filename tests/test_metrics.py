@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from chimle.ivo import IvOConfig
-from chimle.metrics import (best_and_mean_lpips, faithfulness_weighted_variance, fid_kid, ivo_error,
-                            lpips_diversity, prd_scores, psnr)
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from chimle.metrics import (best_and_mean_lpips, faithfulness_weighted_variance, fid_kid,
+                            frechet_distance_few_samples, ivo_error, lpips_diversity, prd_scores, psnr)
 
 from .conftest import photo, tiny_model
 
@@ -58,6 +60,21 @@ def test_shifted_features_give_the_squared_mean_distance():
     assert scores.fid == pytest.approx(4.5, abs=0.3)
     same = fid_kid(real, gaussian(2000, 8, seed=3), kid_subsets=10)
     assert same.fid < 0.05 and abs(same.kid_mean) < 0.05 * scores.kid_mean
+
+
+def test_few_sample_fid_agrees_with_torchmetrics_and_is_zero_for_identical_sets():
+    real, fake = gaussian(10, 64, seed=4), gaussian(20, 64, seed=5).exp()  # fewer vectors than dimensions
+    reference = FrechetInceptionDistance(feature=_Identity())
+    reference.update(real, real=True)
+    reference.update(fake, real=False)
+    expected = float(reference.compute())
+    assert frechet_distance_few_samples(real, fake) == pytest.approx(expected, rel=1e-6)
+    assert fid_kid(real, fake, kid_subsets=2).fid == pytest.approx(expected, rel=1e-6)  # takes this path
+    assert abs(fid_kid(real, real, kid_subsets=2).fid) < 1e-9
+
+
+class _Identity(torch.nn.Identity):
+    num_features = 64
 
 
 def test_kid_subset_size_is_capped_by_the_smaller_set_and_tiny_sets_are_refused():

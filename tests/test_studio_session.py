@@ -14,11 +14,11 @@ from chimle.studio.models import ModelCache
 from chimle.studio.session import (MAX_SAMPLES, LevelEdit, StudioError, StudioSession, blend,
                                    first_changed_level, seeded_level)
 
-from .studio_helpers import photo, pixels, tiny_checkpoint
+from .studio_helpers import photo, pixels, single_thread, tiny_checkpoint  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, single_thread):
     folder = tmp_path_factory.mktemp("checkpoints")
     cache = ModelCache(capacity=4)
     return {"colour": cache.get(tiny_checkpoint(folder, "colourization")),
@@ -65,8 +65,12 @@ def test_an_edit_rerenders_only_the_edited_level_and_finer(session, models, leve
     for index, (old, new) in enumerate(zip(before, session.level_images)):
         if index < level:
             assert torch.equal(old, new), f"level {index + 1} changed after editing level {level + 1}"
+        elif index == level:
+            assert (old - new).abs().max() > 1e-2, f"the edited level {index + 1} barely changed"
         else:
-            assert (old - new).abs().max() > 1e-3, f"level {index + 1} did not change"
+            # Finer levels see the edit through the fed-forward features (scaled by 0.1 in
+            # an untrained tiny model), so the change can be small, but it is there.
+            assert not torch.equal(old, new), f"level {index + 1} did not change"
     # Only the edited level's code (and only the edited part) moved.
     assert first_changed_level(session.origin, session.current) == level
     changed_global = not torch.equal(session.current.globals[level], session.origin.globals[level])

@@ -343,12 +343,12 @@ class Studio:
 
     # -- training -----------------------------------------------------------------------------
 
-    def training_form(self) -> list:
+    def training_form(self) -> dict:
         """Data folder choices on page load (server folders are listed only when allowed)."""
         if not self.settings.policy.allowed:
-            return [gr.update(choices=[], value=None)]
+            return gr.update(choices=[], value=None)
         folders = data_folders(self.settings.data_root)
-        return [gr.update(choices=folders, value=folders[0] if folders else None)]
+        return gr.update(choices=folders, value=folders[0] if folders else None)
 
     def _require_training(self) -> None:
         if not self.settings.policy.allowed:

@@ -300,5 +300,5 @@ def log_tail(paths: RunPaths, max_lines: int = 15, max_bytes: int = 16_384) -> s
     except OSError:
         return ""
     # tqdm-style carriage returns: keep what a terminal would show last on each line.
-    lines = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    lines = [line.rsplit("\r", 1)[-1] for line in text.rstrip("\n").split("\n")]
     return "\n".join(lines[-max_lines:])

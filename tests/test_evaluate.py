@@ -1,0 +1,120 @@
+"""`evaluate_checkpoint` and the `eval` command on a tiny JPEG model and two real photos."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+from chimle import evaluate
+from chimle.checkpoint import save_checkpoint
+from chimle.evaluate import evaluate_checkpoint, markdown_table, register, run
+from chimle.images import save_png
+from chimle.inception import INCEPTION_INSTALL_HINT, InceptionWeightsError, default_inception_path
+
+from .conftest import photo, tiny_model
+
+INSTALLED = default_inception_path()
+needs_inception = pytest.mark.skipif(INSTALLED is None or not INSTALLED.is_file(),
+                                     reason=f"TF-FID Inception not installed ({INCEPTION_INSTALL_HINT})")
+SMALL = dict(num_samples=3, crop_size=64, ivo_steps=2, ivo_init_samples=2, progress=False)
+
+
+@pytest.fixture
+def held_out(tmp_path):
+    """Two real photos, 64x64, in a folder."""
+    folder = tmp_path / "held_out"
+    for name in ("chelsea", "coffee"):
+        save_png(folder / f"{name}.png", photo(name, 64))
+    return folder
+
+
+def _checkpoint(tmp_path, seed: int):
+    net, task = tiny_model("jpeg", seed=seed, quality=5)
+    path = tmp_path / f"model-{seed}.safetensors"
+    save_checkpoint(path, net, task, {"step": seed})
+    return path
+
+
+@needs_inception
+def test_report_has_every_metric_in_range(tmp_path, held_out):
+    path = _checkpoint(tmp_path, seed=0)
+    report = evaluate_checkpoint(path, held_out, sigma=0.2, seed=3, **SMALL)
+    json.dumps(report, allow_nan=False)  # strict JSON: no inf or NaN anywhere
+    assert report["format"] == "chimle-eval/1" and report["checkpoint"] == str(path)
+    assert report["task"] == {"name": "jpeg", "quality": 5}
+    assert report["checkpoint_metadata"]["step"] == 0
+    assert report["options"]["sigma"] == 0.2
+    assert report["options"]["features"] == "TF-FID Inception-v3 pool3"
+    assert {k: report["options"][k] for k in ("num_samples", "crop_size", "ivo_steps", "seed")} == \
+        {"num_samples": 3, "crop_size": 64, "ivo_steps": 2, "seed": 3}
+    assert report["num_images"] == 2
+    assert [entry["file"] for entry in report["per_image"]] == ["chelsea.png", "coffee.png"]
+    assert set(report["per_image"][0]) == {"file", "lpips_diversity", "fwv", "best_lpips", "mean_lpips",
+                                           "best_psnr", "ivo_mse", "ivo_lpips", "ivo_converged"}
+    summary = report["summary"]
+    assert set(summary) == {"lpips_diversity", "fwv", "fwv_sigma", "best_lpips", "mean_lpips", "best_psnr",
+                            "ivo_mse", "ivo_lpips", "ivo_converged_rate", "fid", "kid_mean", "kid_std",
+                            "kid_subset_size", "prd_f8", "prd_f1_8", "prd_num_clusters"}
+    for name in ("lpips_diversity", "fwv", "best_lpips", "mean_lpips", "ivo_lpips"):
+        assert 0 <= summary[name] < 2, name
+    assert summary["best_lpips"] <= summary["mean_lpips"]
+    assert 0 < summary["best_psnr"] < 60 and 0 <= summary["ivo_mse"] <= 4
+    assert summary["ivo_converged_rate"] in (0, 0.5, 1) and summary["fwv_sigma"] == 0.2
+    assert summary["fid"] >= 0 and math.isfinite(summary["fid"])
+    assert summary["kid_subset_size"] == 2 and summary["kid_std"] >= 0
+    assert 0 <= summary["prd_f8"] <= 1 and 0 <= summary["prd_f1_8"] <= 1
+    assert any("biased upwards" in note for note in report["notes"])
+
+
+def mean_colour(images):
+    """A cheap stand-in feature extractor: (N, 3) mean colours."""
+    return images.mean((2, 3))
+
+
+def test_same_seed_same_draws_and_fewer_than_two_photos_skip_fid(tmp_path, held_out):
+    path = _checkpoint(tmp_path, seed=0)
+    options = dict(SMALL, seed=5, feature_extractor=mean_colour)
+    both = evaluate_checkpoint(path, held_out, **options)
+    assert both["options"]["features"] == "custom" and both["summary"]["fid"] >= 0
+    one = evaluate_checkpoint(path, held_out, max_images=1, **options)
+    # Codes are drawn photo by photo from one seeded generator: the first photo's samples,
+    # metrics and IvO are the same whether or not a second photo follows.
+    assert one["per_image"] == both["per_image"][:1]
+    assert one["summary"]["fid"] is None and any("at least 2 photos" in note for note in one["notes"])
+
+
+def _missing_inception(device="cpu"):
+    raise InceptionWeightsError(f"the TF-FID Inception weights are missing; install them with "
+                                f"`{INCEPTION_INSTALL_HINT}`")
+
+
+def test_eval_command_compares_two_checkpoints_without_inception(tmp_path, held_out, monkeypatch, capsys):
+    monkeypatch.setattr(evaluate, "load_inception_features", _missing_inception)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    paths = [_checkpoint(tmp_path, seed) for seed in (0, 1)]
+    out, table = tmp_path / "reports" / "eval.json", tmp_path / "eval.md"
+    args = parser.parse_args(["eval", "--checkpoint", *map(str, paths), "--data", str(held_out),
+                              "--num-samples", "2", "--crop-size", "64", "--ivo-steps", "1",
+                              "--ivo-init-samples", "1", "--max-images", "1", "--out", str(out),
+                              "--markdown", str(table), "--no-progress"])
+    assert run(args) == 0
+    reports = json.loads(out.read_text())["reports"]
+    assert [report["checkpoint"] for report in reports] == list(map(str, paths))
+    for report in reports:
+        assert report["summary"]["fid"] is None and report["summary"]["prd_f8"] is None
+        assert report["options"]["features"] is None
+        assert any(INCEPTION_INSTALL_HINT in note for note in report["notes"])
+        assert report["options"]["max_images"] == 1 and report["num_images"] == 1
+    # Different weights, same codes and inputs: different samples.
+    assert reports[0]["per_image"][0]["best_lpips"] != reports[1]["per_image"][0]["best_lpips"]
+    rows = [line for line in markdown_table(reports).splitlines() if line.startswith("| ")]
+    assert len(rows) == 3  # header and one row per checkpoint
+    assert rows[1].startswith(f"| {paths[0]} | jpeg | 1×2 | n/a |")
+    document = table.read_text()
+    assert markdown_table(reports) in document and INCEPTION_INSTALL_HINT in document
+    assert markdown_table(reports) in capsys.readouterr().out
+    assert not list(tmp_path.rglob(".*.tmp"))  # atomic writes left nothing behind

@@ -1,0 +1,254 @@
+"""The studio app end to end over HTTP: launched on a free port, driven by gradio_client.
+
+Every test uses its own client (its own session). Models are tiny 3-level checkpoints, so
+"levels below the edited one are bit-identical" is a statement about three real levels.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+
+import app
+from chimle.studio.handlers import MAX_LEVELS, Studio, StudioSettings
+from chimle.studio.security import TrainingPolicy
+
+from .studio_helpers import free_port, photo, pixels, single_thread, tiny_checkpoint, write_photos  # noqa: F401 (fixture)
+
+TINY_RUN_FLAGS = ("--crop-size 64 --samples-per-level 4 4 --pool-size 4 --steps-per-pool 3 --batch-size 2 "
+                  "--held-out-fraction 0 --max-side 160")
+RUN_TIMEOUT = 240
+# Gradio's queue calls pandas options that pandas 3 deprecates; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")  # seconds: a tiny run takes ~20 s on two idle cores, far longer on busy ones
+
+# Return positions of the endpoints (state outputs are not returned to clients).
+STRIP = 1  # in the editor outputs: result, level strip, compare input, compare truth, status
+START_RESULT = 2  # /set_input returns model info, notes, then the editor outputs
+
+
+@pytest.fixture(scope="module")
+def studio_app(tmp_path_factory, single_thread):
+    root = tmp_path_factory.mktemp("studio")
+    checkpoints, runs, data_root = root / "checkpoints", root / "runs", root / "data"
+    checkpoints.mkdir()
+    colour = tiny_checkpoint(checkpoints, "colourization", levels=3)
+    jpeg = tiny_checkpoint(checkpoints, "jpeg", levels=3)
+    write_photos(data_root / "photos")
+    image_path = root / "input.png"
+    photo("astronaut", (80, 64)).save(image_path)
+    settings = StudioSettings(checkpoints=checkpoints, runs=runs, data_root=data_root, assets=root / "assets",
+                              policy=TrainingPolicy(True, "enabled for tests"))
+    demo = app.build_demo(settings)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.launch_options(settings))
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "colour": str(colour), "jpeg": str(jpeg),
+               "image": str(image_path), "runs": runs, "root": root}
+    finally:
+        demo.close()
+
+
+def _client(studio_app) -> Client:
+    return Client(studio_app["url"], verbose=False)
+
+
+def _start(client: Client, studio_app, model: str = "colour", num: int = 4):
+    return client.predict(studio_app[model], handle_file(studio_app["image"]), None, 256, num, 5, False,
+                          api_name="/set_input")
+
+
+def _strip(outputs, offset: int = 0) -> list[np.ndarray]:
+    return [pixels(item["image"]) for item in outputs[offset + STRIP]]
+
+
+def _edit(client: Client, level: int, directions=(0, 0, 0, 0), global_seed=0, global_blend=0.0,
+          local_seed=0, local_blend=0.0, noise_scale=1.0):
+    return client.predict(True, *directions, global_seed, global_blend, local_seed, local_blend, noise_scale,
+                          api_name=f"/edit_level_{level}")
+
+
+def _wait_for_run(client: Client, name: str, done, timeout: float = RUN_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        outputs = client.predict(name, api_name="/refresh_runs")
+        if done(outputs[2]):
+            return outputs
+        time.sleep(1)
+    raise AssertionError(f"run {name} did not get there in {timeout} s: {outputs[2]}")
+
+
+def test_samples_then_level_edits_change_only_that_level_and_finer(studio_app):
+    client = _client(studio_app)
+    outputs = _start(client, studio_app)
+    info, notes, gallery = outputs[0], outputs[1], outputs[-2]
+    assert "colourization, 3 levels" in info
+    assert "converted to grey" in notes
+    assert len(gallery) == 4
+    strip = _strip(outputs, START_RESULT)
+    assert [s.shape[:2] for s in strip] == [(16, 20), (32, 40), (64, 80)]  # the whole 80x64 photo
+    assert np.array_equal(pixels(outputs[START_RESULT]), strip[-1])
+
+    # A global edit of level 2: level 1 bit-identical, levels 2 and 3 changed.
+    edited = _edit(client, 2, directions=(2.5, 0, 0, 0))
+    after = _strip(edited)
+    assert np.array_equal(after[0], strip[0])
+    assert not np.array_equal(after[1], strip[1]) and not np.array_equal(after[2], strip[2])
+    assert edited[-1].startswith("Rendered levels 2–3")
+
+    # A local edit of level 3: levels 1 and 2 bit-identical, level 3 changed.
+    local = _edit(client, 3, local_seed=9, local_blend=0.7)
+    final = _strip(local)
+    assert np.array_equal(final[0], after[0]) and np.array_equal(final[1], after[1])
+    assert not np.array_equal(final[2], after[2])
+    assert local[-1].startswith("Rendered level 3 ")
+
+    # Back to neutral on both levels: the picked sample, exactly.
+    _edit(client, 2)
+    neutral = _strip(_edit(client, 3, local_seed=9))
+    assert all(np.array_equal(a, b) for a, b in zip(neutral, strip))
+
+
+def test_more_samples_lock_and_level_buttons(studio_app):
+    client = _client(studio_app)
+    _start(client, studio_app)
+    assert client.predict(True, api_name="/lock_level_1").startswith("Level 1 locked")
+    gallery, message = client.predict(3, api_name="/more")
+    assert len(gallery) == 7 and message.startswith("7 samples")
+    before = _strip(client.predict(api_name="/reset_level_3"))
+    randomised = _strip(client.predict(api_name="/randomise_level_3"))
+    assert np.array_equal(randomised[0], before[0]) and np.array_equal(randomised[1], before[1])
+    assert not np.array_equal(randomised[2], before[2])
+    redrawn = _strip(client.predict(api_name="/randomise_unlocked"))
+    assert np.array_equal(redrawn[0], before[0])  # level 1 is locked
+    assert not np.array_equal(redrawn[1], before[1])
+
+
+def test_save_then_load_the_code_reproduces_the_png_exactly(studio_app, tmp_path):
+    client = _client(studio_app)
+    _start(client, studio_app)
+    edited = _edit(client, 1, directions=(0, 1.5, 0, 0), global_seed=3, global_blend=0.4)
+    files, message = client.predict(api_name="/save")
+    png, code = sorted(files, key=lambda p: Path(p).suffix)
+    assert Path(png).suffix == ".png" and Path(code).suffix == ".safetensors"
+    assert np.array_equal(pixels(png), pixels(edited[0]))
+    client.predict(4, 123, False, api_name="/generate")  # something else becomes current
+    loaded = client.predict(handle_file(code), api_name="/load_code")
+    assert loaded[4] == "Loaded the saved code."
+    assert np.array_equal(pixels(loaded[0]), pixels(png))
+    # A code needs the model it was made with.
+    other = _client(studio_app)
+    _start(other, studio_app, model="jpeg")
+    with pytest.raises(Exception, match="another model"):
+        other.predict(handle_file(code), api_name="/load_code")
+
+
+def test_reconstruction_streams_progress_and_stop_keeps_the_code(studio_app):
+    client = _client(studio_app)
+    _start(client, studio_app)
+    client.predict(handle_file(studio_app["image"]), api_name="/set_reference")
+    job = client.submit(10, 0.05, api_name="/reconstruct")
+    reports = [outputs[0] for outputs in job]
+    assert [r.split(":")[0] for r in reports] == ["Step 0/10", "Step 5/10", "Step 10/10"]
+    lpips = [float(r.split("LPIPS ")[1].split()[0]) for r in reports]
+    assert lpips[-1] < lpips[0]
+
+    job = client.submit(500, 0.05, api_name="/reconstruct")
+    deadline = time.monotonic() + 120
+    while len(job.outputs()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    job.cancel()
+    time.sleep(2)
+    seen = job.outputs()[-1][0]
+    assert not seen.startswith("Step 500/500")
+    files, _ = client.predict(api_name="/save")  # the stopped search's code is current and saved
+    assert len(files) == 2
+
+
+def test_unknown_model_paths_are_refused(studio_app):
+    client = _client(studio_app)
+    with pytest.raises(Exception, match="not in the list of choices"):
+        client.predict("/etc/passwd", None, None, 256, 4, 0, False, api_name="/set_input")
+
+
+def test_train_a_tiny_run_to_the_end_and_open_it(studio_app):
+    client = _client(studio_app)
+    folders = client.predict(api_name="/training_form")
+    assert folders["choices"] == [["photos", "photos"]] and folders["value"] == "photos"
+    started = client.predict("colourization", "tiny", 4, "tiny-run", "photos", None, TINY_RUN_FLAGS,
+                             api_name="/start_training")
+    assert started[0] == "Started run **tiny-run** on the folder photos."
+    outputs = _wait_for_run(client, "tiny-run", lambda status: "finished" in status or "fail" in status)
+    assert outputs[2].startswith("**tiny-run**: finished, step 4 of 4")
+    assert outputs[3]["data"]  # the loss curve
+    assert outputs[4] is not None  # the latest sample grid
+    assert "studio:" in outputs[5] and "chimle train" in outputs[5]
+    chosen = client.predict("tiny-run", api_name="/open_in_explore")
+    model_path = str(studio_app["runs"] / "tiny-run" / "model.safetensors")
+    assert chosen["value"] == model_path
+    opened = client.predict(model_path, handle_file(studio_app["image"]), None, 256, 2, 0, False,
+                            api_name="/set_input")
+    assert "colourization, 2 levels" in opened[0] and "trained 4 steps" in opened[0]
+
+
+def test_stop_a_running_run(studio_app):
+    client = _client(studio_app)
+    client.predict("colourization", "tiny", 100_000, "stop-me", "photos", None, TINY_RUN_FLAGS + " --log-every 1",
+                   api_name="/start_training")
+    _wait_for_run(client, "stop-me", lambda status: "running, step" in status and "step 0 of" not in status)
+    stopped = client.predict("stop-me", api_name="/stop_training")
+    assert stopped[0].startswith("asked run stop-me to stop")
+    outputs = _wait_for_run(client, "stop-me", lambda status: "running" not in status and "starting" not in status,
+                            timeout=90)
+    assert outputs[2].startswith("**stop-me**: stopped")  # a clean stop: the trainer saw SIGTERM
+    with pytest.raises(Exception, match="not running"):
+        client.predict("stop-me", api_name="/stop_training")
+
+
+# -- handlers without a server ------------------------------------------------------------
+
+
+def test_training_is_refused_when_the_policy_says_so(tmp_path):
+    write_photos(tmp_path / "data" / "photos")
+    settings = StudioSettings(checkpoints=tmp_path, runs=tmp_path / "runs", data_root=tmp_path / "data",
+                              assets=tmp_path, policy=TrainingPolicy(False, "disabled on Spaces"))
+    studio = Studio(settings)
+    with pytest.raises(gr.Error, match="disabled on Spaces"):
+        studio.start_training("colourization", "tiny", 4, "x", "photos", None, "")
+    assert studio.training_form()["choices"] == []  # no server folders listed
+    refreshed = studio.refresh_runs(None)
+    assert refreshed[2] == "disabled on Spaces" and refreshed[0].empty
+    assert not (tmp_path / "runs").exists()
+
+
+def test_data_folders_outside_the_root_are_refused(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    settings = StudioSettings(checkpoints=tmp_path, runs=tmp_path / "runs", data_root=tmp_path / "data",
+                              assets=tmp_path, policy=TrainingPolicy(True, "ok"))
+    studio = Studio(settings)
+    for folder in ("../elsewhere", str(tmp_path / "elsewhere")):
+        with pytest.raises(gr.Error, match="'..'|outside the data root"):
+            studio.start_training("colourization", "tiny", 4, "x", folder, None, "")
+    assert not (tmp_path / "runs" / "x").exists()
+
+
+def test_page_settings_from_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("SYSTEM", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    defaults = app.settings_from_args(app.parse_args([]))
+    assert defaults.checkpoints == app.ROOT / "checkpoints" and defaults.runs == app.ROOT / "runs"
+    assert defaults.data_root == app.ROOT / "data" and defaults.policy.allowed
+    public = app.settings_from_args(app.parse_args(["--host", "0.0.0.0"]))
+    assert not public.policy.allowed
+    assert app.settings_from_args(app.parse_args(["--host", "0.0.0.0", "--allow-training"])).policy.allowed
+    monkeypatch.setenv("SPACE_ID", "someone/chimle")
+    assert not app.settings_from_args(app.parse_args(["--allow-training"])).policy.allowed
+    assert app.launch_options(defaults)["allowed_paths"] == ([] if not app.find_examples(defaults.assets)
+                                                              else [str(defaults.assets)])
+    assert MAX_LEVELS >= 3
