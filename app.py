@@ -94,11 +94,11 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                 with gr.Row():
                     with gr.Column(scale=2, min_width=280):
                         with gr.Row():
-                            model = gr.Dropdown(label="Model", choices=studio.model_choices(), scale=4)
+                            model = gr.Dropdown(label="Model", choices=studio.model_choices(), scale=4, elem_id="model")
                             refresh_models = gr.Button("↻", size="sm", scale=0, min_width=40)
                         model_info = gr.Markdown()
                         image = gr.Image(label="Your photo", type="filepath", sources=["upload", "clipboard"],
-                                         height=260)
+                                         height=260, elem_id="input-photo")
                         if examples:
                             gr.Examples(examples, inputs=image, label="Examples")
                         max_side = gr.Slider(64, 512, value=settings.default_max_side, step=32,
@@ -114,15 +114,16 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                             generate = gr.Button("Generate", variant="primary")
                             more = gr.Button("More")
                         gallery = gr.Gallery(label="Samples (click one to edit it)", columns=4, height=420,
-                                             format="png", allow_preview=False, object_fit="contain")
+                                             format="png", allow_preview=False, object_fit="contain",
+                                             elem_id="samples")
                 with gr.Row():
                     with gr.Column(scale=3):
                         result = gr.Image(label="Current result", format="png", interactive=False, height=380,
-                                          buttons=["download", "fullscreen"])
+                                          buttons=["download", "fullscreen"], elem_id="result")
                         level_strip = gr.Gallery(label="What each level decides (coarse → fine)", columns=MAX_LEVELS,
                                                  height=170, format="png", allow_preview=False,
                                                  object_fit="contain", elem_id="level-strip")
-                        status = gr.Markdown()
+                        status = gr.Markdown(elem_id="status")
                     with gr.Column(scale=2):
                         with gr.Row():
                             renormalise = gr.Checkbox(value=True, label="Renormalise blends")
@@ -130,7 +131,7 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                         panels, level_controls, locks, randomise_buttons, reset_buttons = [], [], [], [], []
                         for level in range(MAX_LEVELS):
                             with gr.Accordion(f"Level {level + 1}", open=level == 0, visible=False,
-                                              elem_classes="level-panel") as panel:
+                                              elem_classes="level-panel", elem_id=f"level-{level + 1}") as panel:
                                 with gr.Row():
                                     randomise_buttons.append(gr.Button("Randomise", size="sm"))
                                     reset_buttons.append(gr.Button("Reset", size="sm"))
@@ -166,8 +167,8 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                             save = gr.Button("Save result + code", variant="primary")
                             downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
                                                 height=120)
-                            load_code = gr.File(label="Load a saved code (.safetensors)", file_types=[".safetensors"],
-                                                type="filepath", height=120)
+                            load_code = gr.UploadButton("Load a saved code (.safetensors)", file_types=[".safetensors"],
+                                                        type="filepath", size="md")
                         with gr.Column():
                             ivo_steps = gr.Slider(5, 500, value=100, step=5, label="Reconstruction steps")
                             ivo_lr = gr.Slider(0.005, 0.2, value=0.05, step=0.005, label="Step size")
@@ -185,7 +186,8 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                     steps = gr.Number(value=3000, precision=0, minimum=1, label="Steps", interactive=policy.allowed)
                     run_name = gr.Textbox(label="Run name (optional)", interactive=policy.allowed)
                 with gr.Row():
-                    data_folder = gr.Dropdown(label=f"Data folder under {settings.data_root}", choices=[],
+                    data_folder = gr.Dropdown(label="Data folder (inside the data root)", choices=[],
+                                              info=str(settings.data_root) if policy.allowed else None,
                                               allow_custom_value=True, interactive=policy.allowed)
                     archive = gr.File(label="…or a zip of photos", file_types=[".zip"], type="filepath",
                                       interactive=policy.allowed)
@@ -198,7 +200,8 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                 with gr.Row():
                     run_choice = gr.Dropdown(label="Run", choices=[], allow_custom_value=True, scale=3)
                     stop_training = gr.Button("Stop", variant="stop", interactive=False, scale=1)
-                    resume_steps = gr.Number(label="Resume to total steps (optional)", precision=0, scale=1)
+                    resume_steps = gr.Number(value=0, label="Resume to total steps (0: as before)", precision=0,
+                                             minimum=0, scale=1)
                     resume_training = gr.Button("Resume", interactive=False, scale=1)
                     open_in_explore = gr.Button("Open in Explore", interactive=False, scale=1)
                 run_status = gr.Markdown()

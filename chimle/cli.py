@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     ivo.add_argument("--init-samples", type=int, default=16, help="start from the best of this many codes")
     ivo.add_argument("--seed", type=int, default=0)
     ivo.add_argument("--max-side", type=int, default=512)
+    from .evaluate import register as register_eval
+
+    register_eval(commands)
+
     data = commands.add_parser("data", help="build the demo training corpus from offline photos")
     data.add_argument("corpus", choices=["demo"], help="which corpus")
     data.add_argument("--out", default="data/demo", help="folder to write (train/, held_out/, manifest.json)")
@@ -248,7 +252,13 @@ def _ivo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"data": _data, "train": _train, "sample": _sample, "render": _render, "ivo": _ivo}
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import run
+
+    return run(args)
+
+
+COMMANDS = {"data": _data, "train": _train, "sample": _sample, "render": _render, "ivo": _ivo, "eval": _eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,7 @@ from .inception import INCEPTION_INSTALL_HINT, InceptionWeightsError, load_incep
 from .ivo import IvOConfig
 from .metrics import (DEFAULT_IVO_THRESHOLD, best_and_mean_lpips, faithfulness_weighted_variance,
                       fid_kid, ivo_error, lpips_diversity, prd_scores, psnr)
-from .perceptual import load_perceptual_distance
+from .perceptual import MIN_IMAGE_SIZE, load_perceptual_distance
 from .pipeline import PreparedInput, render
 
 REPORT_FORMAT = "chimle-eval/1"
@@ -47,7 +47,7 @@ REPORT_FORMAT = "chimle-eval/1"
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 
 # Averaged over photos into the summary; in this order in the per-image entries.
-PER_IMAGE_METRICS = ("lpips_diversity", "fwv", "best_lpips", "mean_lpips", "best_psnr",
+PER_IMAGE_METRICS = ("baseline_lpips", "lpips_diversity", "fwv", "best_lpips", "mean_lpips", "best_psnr",
                      "ivo_mse", "ivo_lpips")
 # Computed over all photos at once from features; None when there are no features.
 FEATURE_METRICS = ("fid", "kid_mean", "kid_std", "kid_subset_size", "prd_f8", "prd_f1_8",
@@ -76,13 +76,21 @@ def _held_out_batch(task, data_dir: str | os.PathLike, crop_size: int, max_image
     return batch, [os.path.relpath(path, data_dir) for path in files[:count]]
 
 
-def _output_size(net, task, x: torch.Tensor, crop_size: int) -> tuple[int, int]:
-    """The model's output size for these inputs; ValueError naming --crop-size if it cannot work."""
+def _output_size(net, task, x: torch.Tensor, crop_size: int, lpips_net: str) -> tuple[int, int]:
+    """The model's output size for inputs x; a ValueError naming the crop size if it cannot work."""
     output_size = task.output_size(tuple(x.shape[-2:]), net.num_levels)
     try:
         net.code_shape(output_size)
     except ValueError as error:
         raise ValueError(f"crop size {crop_size} does not fit this model: {error}") from None
+    # IvO's search scores every level with LPIPS, so the coarsest level must be large enough.
+    coarsest = min(task.level_output_sizes(tuple(x.shape[-2:]), net.num_levels)[0])
+    needed = MIN_IMAGE_SIZE[lpips_net]
+    if coarsest < needed:
+        factor = crop_size // coarsest
+        raise ValueError(f"crop size {crop_size} is too small for this {net.num_levels}-level model: "
+                         f"its coarsest level is {coarsest} px and LPIPS-{lpips_net} needs {needed}; "
+                         f"use a crop size of at least {needed * factor}")
     return output_size
 
 
@@ -193,8 +201,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     loaded = load_checkpoint(checkpoint, device=device)
     net, task = loaded.net, loaded.task
     batch, names = _held_out_batch(task, data_dir, crop_size, max_images, seed)
-    output_size = _output_size(net, task, batch.x, crop_size)
     distance = load_perceptual_distance(lpips_net, device)
+    output_size = _output_size(net, task, batch.x, crop_size, lpips_net)
     notes: list[str] = []
     features = feature_extractor if feature_extractor is not None else _load_features(device, notes)
     if num_samples < 2:
@@ -209,7 +217,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
         x, y = batch.x[index:index + 1].to(device), batch.y[index:index + 1].to(device)
         samples = _sample(loaded, x, output_size, num_samples, code_generator)  # (K, 3, H, W)
         ivo = ivo_error(net, task, distance, x, y, ivo_config, ivo_threshold, ivo_generator)
-        per_image.append({"file": names[index], **_sample_metrics(samples, y, distance, sigma),
+        # The no-model baseline: the grey photo, the decoded JPEG, the bicubic upscale.
+        with torch.inference_mode():
+            baseline = distance(task.input_preview(x, tuple(y.shape[-2:])).clamp(-1, 1), y)
+        per_image.append({"file": names[index], "baseline_lpips": float(baseline[0]),
+                          **_sample_metrics(samples, y, distance, sigma),
                           "ivo_mse": float(ivo.mse[0]), "ivo_lpips": float(ivo.lpips[0]),
                           "ivo_converged": bool(ivo.converged[0])})
         if features is not None:
@@ -242,8 +254,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
 # Tables
 # ---------------------------------------------------------------------------------------
 
-def _cell(value: float | None, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def _cell(value: float | None, digits: int, style: str = "f") -> str:
+    return "n/a" if value is None else f"{value:.{digits}{style}}"
 
 
 def _row(report: dict[str, Any]) -> list[str]:
@@ -253,21 +265,23 @@ def _row(report: dict[str, Any]) -> list[str]:
     name = report["checkpoint"].replace("|", "\\|")  # a pipe would split the cell
     return [name, report["task"]["name"], f"{report['num_images']}×{options['num_samples']}",
             _cell(s["fid"], 2), kid, _cell(s["prd_f8"], 3), _cell(s["prd_f1_8"], 3),
-            _cell(s["lpips_diversity"], 4), _cell(s["fwv"], 4), _cell(s["best_lpips"], 4),
+            _cell(s["lpips_diversity"], 4), _cell(s["fwv"], 3, "g"), _cell(s["baseline_lpips"], 4),
+            _cell(s["best_lpips"], 4),
             _cell(s["mean_lpips"], 4), _cell(s["best_psnr"], 2), _cell(s["ivo_mse"], 5),
             f"{s['ivo_converged_rate']:.0%}"]
 
 
 TABLE_HEADER = ("checkpoint", "task", "photos×samples", "FID ↓", "KID ↓", "F_8 ↑", "F_1/8 ↑",
-                "LPIPS div. ↑", "FwV ↑", "best LPIPS ↓", "mean LPIPS ↓", "best PSNR ↑",
+                "LPIPS div. ↑", "FwV ↑", "no-model LPIPS", "best LPIPS ↓", "mean LPIPS ↓", "best PSNR ↑",
                 "IvO MSE ↓", "IvO converged ↑")
 
 
 def markdown_table(reports: list[dict[str, Any]]) -> str:
     """A Markdown table with one row per report (as returned by `evaluate_checkpoint`).
 
-    FwV's sigma, the IvO steps and the crop size are not columns: compare rows that were
-    evaluated with the same options (`run` does). Missing values read "n/a".
+    FwV is shown to 3 significant digits: with a small sigma it can be orders of magnitude
+    below the other scores. FwV's sigma, the IvO steps and the crop size are not columns:
+    compare rows evaluated with the same options (`run` does). Missing values read "n/a".
     """
     lines = ["| " + " | ".join(TABLE_HEADER) + " |",
              "|" + "|".join("---" for _ in TABLE_HEADER) + "|"]

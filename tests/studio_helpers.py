@@ -74,3 +74,15 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def stop_leftover_runs(runs_dir: Path) -> None:
+    """Stop trainers a failed test left running (they run in their own sessions and would outlive pytest)."""
+    from chimle.studio import training
+
+    for run in training.list_runs(runs_dir):
+        if run.can_stop:
+            try:
+                training.stop_run(run.paths, grace=5)
+            except training.TrainingError:
+                continue

@@ -19,7 +19,7 @@ from .conftest import photo, tiny_model
 INSTALLED = default_inception_path()
 needs_inception = pytest.mark.skipif(INSTALLED is None or not INSTALLED.is_file(),
                                      reason=f"TF-FID Inception not installed ({INCEPTION_INSTALL_HINT})")
-SMALL = dict(num_samples=3, crop_size=64, ivo_steps=2, ivo_init_samples=2, progress=False)
+SMALL = dict(num_samples=3, crop_size=64, ivo_steps=2, ivo_init_samples=1, progress=False)
 
 
 @pytest.fixture
@@ -84,6 +84,15 @@ def test_same_seed_same_draws_and_fewer_than_two_photos_skip_fid(tmp_path, held_
     # metrics and IvO are the same whether or not a second photo follows.
     assert one["per_image"] == both["per_image"][:1]
     assert one["summary"]["fid"] is None and any("at least 2 photos" in note for note in one["notes"])
+
+
+def test_crops_too_small_for_the_model_are_refused_before_any_work(tmp_path, held_out):
+    path = _checkpoint(tmp_path, seed=0)
+    # Two levels: a 32 px crop leaves 16 px at the coarse level, below LPIPS's 32.
+    with pytest.raises(ValueError, match="crop size 32 is too small.*at least 64"):
+        evaluate_checkpoint(path, held_out, crop_size=32, feature_extractor=mean_colour, progress=False)
+    with pytest.raises(ValueError, match="crop size 66 does not fit this model"):
+        evaluate_checkpoint(path, held_out, crop_size=66, feature_extractor=mean_colour, progress=False)
 
 
 def _missing_inception(device="cpu"):

@@ -18,7 +18,8 @@ import app
 from chimle.studio.handlers import MAX_LEVELS, Studio, StudioSettings
 from chimle.studio.security import TrainingPolicy
 
-from .studio_helpers import free_port, photo, pixels, single_thread, tiny_checkpoint, write_photos  # noqa: F401 (fixture)
+from .studio_helpers import (free_port, photo, pixels, single_thread, stop_leftover_runs,  # noqa: F401 (fixture)
+                             tiny_checkpoint, write_photos)
 
 TINY_RUN_FLAGS = ("--crop-size 64 --samples-per-level 4 4 --pool-size 4 --steps-per-pool 3 --batch-size 2 "
                   "--held-out-fraction 0 --max-side 160")
@@ -51,6 +52,7 @@ def studio_app(tmp_path_factory, single_thread):
                "image": str(image_path), "runs": runs, "root": root}
     finally:
         demo.close()
+        stop_leftover_runs(runs)
 
 
 def _client(studio_app) -> Client:
