@@ -129,53 +129,53 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                             renormalise = gr.Checkbox(value=True, label="Renormalise blends")
                             randomise_unlocked = gr.Button("Re-draw unlocked levels", size="sm")
                         panels, level_controls, locks, randomise_buttons, reset_buttons = [], [], [], [], []
-                        for level in range(MAX_LEVELS):
-                            with gr.Accordion(f"Level {level + 1}", open=level == 0, visible=False,
-                                              elem_classes="level-panel", elem_id=f"level-{level + 1}") as panel:
-                                with gr.Row():
-                                    randomise_buttons.append(gr.Button("Randomise", size="sm"))
-                                    reset_buttons.append(gr.Button("Reset", size="sm"))
-                                    locks.append(gr.Checkbox(label="Lock", value=False))
-                                gr.Markdown("**Global code** — the level's overall look")
-                                controls = [gr.Slider(-3, 3, value=0, step=0.1, label=f"Direction {i + 1}")
-                                            for i in range(NUM_DIRECTIONS)]
-                                with gr.Row():
-                                    controls.append(gr.Number(value=0, precision=0, minimum=0, label="Global seed",
-                                                              scale=1, min_width=90))
-                                    controls.append(gr.Slider(0, 1, value=0, step=0.05, label="Blend toward seed",
-                                                              scale=3))
-                                gr.Markdown("**Local code** — texture and placement")
-                                with gr.Row():
-                                    controls.append(gr.Number(value=0, precision=0, minimum=0, label="Local seed",
-                                                              scale=1, min_width=90))
-                                    controls.append(gr.Slider(0, 1, value=0, step=0.05, label="Blend toward seed",
-                                                              scale=3))
-                                controls.append(gr.Slider(0, 2, value=1, step=0.05, label="Noise scale"))
-                            panels.append(panel)
-                            level_controls.append(controls)
-                with gr.Accordion("Compare, save and reconstruct", open=True):
-                    with gr.Row():
+                        with gr.Tabs(selected="level-tab-1"):
+                            for level in range(MAX_LEVELS):
+                                with gr.Tab(f"Level {level + 1}", id=f"level-tab-{level + 1}", visible=False,
+                                            elem_classes="level-panel", elem_id=f"level-{level + 1}") as panel:
+                                    with gr.Row():
+                                        randomise_buttons.append(gr.Button("Randomise", size="sm"))
+                                        reset_buttons.append(gr.Button("Reset", size="sm"))
+                                        locks.append(gr.Checkbox(label="Lock", value=False))
+                                    gr.Markdown("**Global code** — the level's overall look")
+                                    controls = [gr.Slider(-3, 3, value=0, step=0.1, label=f"Direction {i + 1}")
+                                                for i in range(NUM_DIRECTIONS)]
+                                    with gr.Row():
+                                        controls.append(gr.Number(value=0, precision=0, minimum=0,
+                                                                  label="Global seed", scale=1, min_width=90))
+                                        controls.append(gr.Slider(0, 1, value=0, step=0.05,
+                                                                  label="Blend toward seed", scale=3))
+                                    gr.Markdown("**Local code** — texture and placement")
+                                    with gr.Row():
+                                        controls.append(gr.Number(value=0, precision=0, minimum=0,
+                                                                  label="Local seed", scale=1, min_width=90))
+                                        controls.append(gr.Slider(0, 1, value=0, step=0.05,
+                                                                  label="Blend toward seed", scale=3))
+                                    controls.append(gr.Slider(0, 2, value=1, step=0.05, label="Noise scale"))
+                                panels.append(panel)
+                                level_controls.append(controls)
+                with gr.Row():
+                    with gr.Column(scale=3):
                         compare_input = gr.ImageSlider(label="Input ↔ result", format="png", interactive=False,
-                                                       max_height=360)
+                                                       max_height=380)
                         compare_truth = gr.ImageSlider(label="True image ↔ result", format="png",
-                                                       interactive=False, visible=False, max_height=360)
-                    with gr.Row():
-                        with gr.Column():
-                            reference = gr.Image(label="True or reference photo (optional: compare, reconstruct)",
-                                                 type="filepath", sources=["upload", "clipboard"], height=200)
-                        with gr.Column():
-                            save = gr.Button("Save result + code", variant="primary")
-                            downloads = gr.File(label="Downloads", file_count="multiple", interactive=False,
-                                                height=120)
-                            load_code = gr.UploadButton("Load a saved code (.safetensors)", file_types=[".safetensors"],
-                                                        type="filepath", size="md")
-                        with gr.Column():
+                                                       interactive=False, visible=False, max_height=380)
+                    with gr.Column(scale=2):
+                        reference = gr.Image(label="True or reference photo (optional: compare, reconstruct)",
+                                             type="filepath", sources=["upload", "clipboard"], height=220)
+                        with gr.Row():
                             ivo_steps = gr.Slider(5, 500, value=100, step=5, label="Reconstruction steps")
                             ivo_lr = gr.Slider(0.005, 0.2, value=0.05, step=0.005, label="Step size")
-                            with gr.Row():
-                                reconstruct = gr.Button("Reconstruct", variant="primary")
-                                stop_reconstruct = gr.Button("Stop", variant="stop")
-                            ivo_status = gr.Markdown()
+                        with gr.Row():
+                            reconstruct = gr.Button("Reconstruct", variant="primary")
+                            stop_reconstruct = gr.Button("Stop", variant="stop")
+                        ivo_status = gr.Markdown()
+                with gr.Row():
+                    save = gr.Button("Save result + code", variant="primary")
+                    load_code = gr.UploadButton("Load a saved code (.safetensors)", file_types=[".safetensors"],
+                                                type="filepath")
+                downloads = gr.File(label="Downloads: the result (lossless PNG) and its code", file_count="multiple",
+                                    interactive=False, visible=False)
 
             with gr.Tab("Train", id="train"):
                 policy = settings.policy
@@ -206,7 +206,8 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                     open_in_explore = gr.Button("Open in Explore", interactive=False, scale=1)
                 run_status = gr.Markdown()
                 with gr.Row():
-                    loss_plot = gr.LinePlot(x="step", y="loss", color="series", label="Loss", height=300)
+                    # No fixed height: with one, Gradio 6.31 clips the legend off the plot.
+                    loss_plot = gr.LinePlot(x="step", y="loss", color="series", label="Loss (total and per level)")
                     sample_grid = gr.Image(label="Latest samples (input, samples, target)", format="png",
                                            interactive=False, height=300)
                 run_log = gr.Code(label="train.log (end)", language=None, interactive=False, lines=8)

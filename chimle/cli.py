@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -231,7 +232,7 @@ def _ivo(args: argparse.Namespace) -> int:
     from .checkpoint import model_fingerprint, save_codes
     from .images import load_rgb, pil_to_tensor, save_png
     from .imageops import resize
-    from .ivo import IvOConfig, invert
+    from .ivo import IvOConfig, ivo_steps
     from .perceptual import load_perceptual_distance
     from .pipeline import render
 
@@ -239,8 +240,12 @@ def _ivo(args: argparse.Namespace) -> int:
     target = resize(pil_to_tensor(load_rgb(args.target)), prepared.output_size, mode="bicubic").clamp(-1, 1)
     distance = load_perceptual_distance()
     config = IvOConfig(steps=args.steps, lr=args.lr, init_samples=args.init_samples)
-    result = invert(checkpoint.net, checkpoint.task, distance, prepared.x, target, config,
-                    generator=torch.Generator().manual_seed(args.seed))
+    steps = ivo_steps(checkpoint.net, checkpoint.task, distance, prepared.x, target, config,
+                      generator=torch.Generator().manual_seed(args.seed))
+    with tqdm(total=args.steps, desc="ivo") as bar:
+        for result in steps:
+            bar.update(result.step - bar.n)
+            bar.set_postfix(mse=f"{result.mse.item():.4f}", lpips=f"{result.lpips.item():.3f}")
     out = Path(args.out)
     images, _ = render(checkpoint.net, checkpoint.task, prepared, result.codes)
     save_png(out / "reconstruction.png", images[-1][0])

@@ -52,13 +52,13 @@ def test_report_has_every_metric_in_range(tmp_path, held_out):
         {"num_samples": 3, "crop_size": 64, "ivo_steps": 2, "seed": 3}
     assert report["num_images"] == 2
     assert [entry["file"] for entry in report["per_image"]] == ["chelsea.png", "coffee.png"]
-    assert set(report["per_image"][0]) == {"file", "lpips_diversity", "fwv", "best_lpips", "mean_lpips",
+    assert set(report["per_image"][0]) == {"file", "baseline_lpips", "lpips_diversity", "fwv", "best_lpips", "mean_lpips",
                                            "best_psnr", "ivo_mse", "ivo_lpips", "ivo_converged"}
     summary = report["summary"]
-    assert set(summary) == {"lpips_diversity", "fwv", "fwv_sigma", "best_lpips", "mean_lpips", "best_psnr",
+    assert set(summary) == {"baseline_lpips", "lpips_diversity", "fwv", "fwv_sigma", "best_lpips", "mean_lpips", "best_psnr",
                             "ivo_mse", "ivo_lpips", "ivo_converged_rate", "fid", "kid_mean", "kid_std",
                             "kid_subset_size", "prd_f8", "prd_f1_8", "prd_num_clusters"}
-    for name in ("lpips_diversity", "fwv", "best_lpips", "mean_lpips", "ivo_lpips"):
+    for name in ("baseline_lpips", "lpips_diversity", "fwv", "best_lpips", "mean_lpips", "ivo_lpips"):
         assert 0 <= summary[name] < 2, name
     assert summary["best_lpips"] <= summary["mean_lpips"]
     assert 0 < summary["best_psnr"] < 60 and 0 <= summary["ivo_mse"] <= 4

@@ -15,6 +15,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 import app
+from chimle.checkpoint import load_codes
 from chimle.studio.handlers import MAX_LEVELS, Studio, StudioSettings
 from chimle.studio.security import TrainingPolicy
 
@@ -134,8 +135,9 @@ def test_save_then_load_the_code_reproduces_the_png_exactly(studio_app, tmp_path
     client = _client(studio_app)
     _start(client, studio_app)
     edited = _edit(client, 1, directions=(0, 1.5, 0, 0), global_seed=3, global_blend=0.4)
-    files, message = client.predict(api_name="/save")
-    png, code = sorted(files, key=lambda p: Path(p).suffix)
+    downloads, message = client.predict(api_name="/save")
+    assert downloads["visible"] and "lossless PNG" in message
+    png, code = sorted(downloads["value"], key=lambda p: Path(p).suffix)
     assert Path(png).suffix == ".png" and Path(code).suffix == ".safetensors"
     assert np.array_equal(pixels(png), pixels(edited[0]))
     client.predict(4, 123, False, api_name="/generate")  # something else becomes current
@@ -149,15 +151,23 @@ def test_save_then_load_the_code_reproduces_the_png_exactly(studio_app, tmp_path
         other.predict(handle_file(code), api_name="/load_code")
 
 
+def _saved_code(client: Client):
+    downloads, _ = client.predict(api_name="/save")
+    return load_codes(next(p for p in downloads["value"] if p.endswith(".safetensors")))[0]
+
+
 def test_reconstruction_streams_progress_and_stop_keeps_the_code(studio_app):
     client = _client(studio_app)
     _start(client, studio_app)
     client.predict(handle_file(studio_app["image"]), api_name="/set_reference")
+    picked = _saved_code(client)
     job = client.submit(10, 0.05, api_name="/reconstruct")
     reports = [outputs[0] for outputs in job]
     assert [r.split(":")[0] for r in reports] == ["Step 0/10", "Step 5/10", "Step 10/10"]
     lpips = [float(r.split("LPIPS ")[1].split()[0]) for r in reports]
     assert lpips[-1] < lpips[0]
+    found = _saved_code(client)
+    assert not found.equal(picked)  # the found code became the current one
 
     job = client.submit(500, 0.05, api_name="/reconstruct")
     deadline = time.monotonic() + 120
@@ -167,8 +177,10 @@ def test_reconstruction_streams_progress_and_stop_keeps_the_code(studio_app):
     time.sleep(2)
     seen = job.outputs()[-1][0]
     assert not seen.startswith("Step 500/500")
-    files, _ = client.predict(api_name="/save")  # the stopped search's code is current and saved
-    assert len(files) == 2
+    # The stopped search's code so far is current: neither the start nor the search's end.
+    stopped = _saved_code(client)
+    assert not stopped.equal(found)
+    assert client.predict(True, 0.5, 0, 0, 0, 0, 0, 0, 0, 1, api_name="/edit_level_1")[-1].startswith("Rendered")
 
 
 def test_unknown_model_paths_are_refused(studio_app):

@@ -145,7 +145,7 @@ class Studio:
             title = f"Level {level + 1}"
             if visible:
                 h, w = session.current.locals[level].shape[-2:]
-                title += f" · works at {w}×{h}, outputs {2 * w}×{2 * h}"
+                title += f" · {2 * w}×{2 * h}"  # the level's output size
             values.append(gr.update(visible=visible, label=title))
             explained = model.directions(level).explained.tolist() if visible else []
             for index in range(NUM_DIRECTIONS):
@@ -299,7 +299,7 @@ class Studio:
             shutil.rmtree(folder, ignore_errors=True)
             stem = f"chimle-{model.path.stem}-{tensor_digest(codes.to_tensors())[:8]}"
             image_path, codes_path = session.export(model, folder, stem)
-            return [[str(image_path), str(codes_path)],
+            return [gr.update(value=[str(image_path), str(codes_path)], visible=True),
                     f"Saved `{image_path.name}` (lossless PNG) and `{codes_path.name}` (its code: load it "
                     f"back with the same model, photo and working size to re-render it exactly)."]
 
@@ -382,8 +382,10 @@ class Studio:
         if grid_path is not None:
             with contextlib.suppress(ImageError):
                 grid = load_rgb(grid_path)
+        log = training.log_tail(run.paths) if run.paths.log.is_file() else \
+            "(no train.log: this run was not started from the studio)"
         return [training.runs_table(runs), gr.update(choices=names, value=selected), status,
-                training.loss_frame(run.paths), grid, training.log_tail(run.paths),
+                training.loss_frame(run.paths), grid, log,
                 gr.update(interactive=run.can_stop), gr.update(interactive=run.can_resume or run.state == FINISHED),
                 gr.update(interactive=run.has_model)]
 
