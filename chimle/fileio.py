@@ -11,6 +11,12 @@ import os
 import tempfile
 from pathlib import Path
 
+# mkstemp creates files readable by their owner only; give written files the usual
+# permissions (0666 less the umask), like open() would. Read once: os.umask has no getter.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
@@ -21,6 +27,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         # Leave the previous file untouched and no temporary behind (full disk, Ctrl-C).

@@ -221,6 +221,31 @@ def test_stop_a_running_run(studio_app):
     assert outputs[2].startswith("**stop-me**: stopped")  # a clean stop: the trainer saw SIGTERM
     with pytest.raises(Exception, match="not running"):
         client.predict("stop-me", api_name="/stop_training")
+    # Resume launches `chimle train --resume` on the same folder; stop it again at once.
+    resumed = client.predict("stop-me", 0, api_name="/resume_training")
+    assert resumed[0] == "Resuming run **stop-me**."
+    assert resumed[3].startswith("**stop-me**: starting")
+    assert "--resume" in resumed[6]
+    client.predict("stop-me", api_name="/stop_training")
+    final = _wait_for_run(client, "stop-me", lambda status: "running" not in status and "starting" not in status,
+                          timeout=90)
+    assert final[2].startswith(("**stop-me**: stopped", "**stop-me**: dead"))
+
+
+@pytest.mark.slow
+def test_a_stopped_run_resumes_to_the_end(studio_app):
+    client = _client(studio_app)
+    client.predict("colourization", "tiny", 12, "resume-me", "photos", None, TINY_RUN_FLAGS + " --log-every 1",
+                   api_name="/start_training")
+    _wait_for_run(client, "resume-me", lambda status: "running, step" in status and "step 0 of" not in status)
+    client.predict("resume-me", api_name="/stop_training")
+    stopped = _wait_for_run(client, "resume-me", lambda status: "stopped" in status, timeout=90)
+    step = int(stopped[2].split("step ")[1].split(" of")[0])
+    assert 0 < step < 12
+    client.predict("resume-me", 0, api_name="/resume_training")
+    finished = _wait_for_run(client, "resume-me", lambda status: "finished" in status or "fail" in status)
+    assert finished[2].startswith("**resume-me**: finished, step 12 of 12")
+    assert (studio_app["runs"] / "resume-me" / "model.safetensors").is_file()
 
 
 # -- handlers without a server ------------------------------------------------------------

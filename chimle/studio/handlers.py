@@ -8,6 +8,7 @@ same names (EDITOR_OUTPUTS, CONTROL_OUTPUTS below). The work itself happens in
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import shutil
@@ -97,6 +98,7 @@ class Studio:
     def __init__(self, settings: StudioSettings) -> None:
         self.settings = settings
         self.exports_root = Path(tempfile.mkdtemp(prefix="chimle-studio-"))
+        atexit.register(shutil.rmtree, self.exports_root, ignore_errors=True)
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -243,7 +243,10 @@ class StudioSession:
     def set_input(self, model: LoadedModel, image: Image.Image, max_side: int) -> list[str]:
         """Use a new photo (an RGB PIL image); returns what was done to it, in words."""
         with self.lock:
-            prepared = prepare(model.net, model.task, image, int(max_side))
+            try:
+                prepared = prepare(model.net, model.task, image, int(max_side))
+            except ValueError as error:  # e.g. a photo smaller than the model's minimum
+                raise StudioError(str(error)) from None
             self.model_path = str(model.path)
             self.source_image, self.max_side, self.prepared = image, int(max_side), prepared
             self.reference = self.reference_preview = None
