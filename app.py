@@ -48,29 +48,26 @@ and the finer ones; the strip under the result shows what each level decides.
   reference photo; stop it any time, the best code so far stays and is editable.
 """
 
-CSS = """
-#level-strip .thumbnail-item { min-width: 0; }
-.level-panel .form { gap: 4px; }
-"""
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="CHIMLE Studio (Gradio app)",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description="CHIMLE Studio (Gradio app)")
     parser.add_argument("--host", default=None,
                         help="address to listen on (default: GRADIO_SERVER_NAME, else 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT, else 7860 or the next free one)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port (default: GRADIO_SERVER_PORT, else 7860 or the next free one)")
     parser.add_argument("--share", action="store_true", help="make a public gradio.live link (turns training off)")
-    parser.add_argument("--checkpoints", default=str(ROOT / "checkpoints"), help="folder of *.safetensors models")
-    parser.add_argument("--runs", default=str(ROOT / "runs"), help="folder of training runs")
-    parser.add_argument("--data-root", default=str(ROOT / "data"), help="training data folders are confined to this folder")
-    parser.add_argument("--assets", default=str(ROOT / "assets"), help="example photos")
+    parser.add_argument("--checkpoints", default=str(ROOT / "checkpoints"),
+                        help="folder of *.safetensors models (default: checkpoints/ beside app.py)")
+    parser.add_argument("--runs", default=str(ROOT / "runs"), help="folder of training runs (default: runs/)")
+    parser.add_argument("--data-root", default=str(ROOT / "data"),
+                        help="training data folders are confined to this folder (default: data/)")
+    parser.add_argument("--assets", default=str(ROOT / "assets"), help="example photos (default: assets/)")
     parser.add_argument("--allow-training", action="store_true",
                         help="enable training even when the app is reachable from other machines (never on Spaces)")
-    parser.add_argument("--max-queue", type=int, default=32, help="requests waiting at most (bounds memory)")
-    parser.add_argument("--concurrency", type=int, default=2, help="renders running at once")
+    parser.add_argument("--max-queue", type=int, default=32,
+                        help="requests waiting at most; bounds memory (default: 32)")
+    parser.add_argument("--concurrency", type=int, default=2, help="renders running at once (default: 2)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads per render (0: torch's default); 1 keeps the page quick while a "
+                        help="CPU threads per render (default 0: torch's choice); 1 keeps the page quick while a "
                              "training run uses the same cores")
     return parser.parse_args(argv)
 
@@ -132,7 +129,7 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                         with gr.Tabs(selected="level-tab-1"):
                             for level in range(MAX_LEVELS):
                                 with gr.Tab(f"Level {level + 1}", id=f"level-tab-{level + 1}", visible=False,
-                                            elem_classes="level-panel", elem_id=f"level-{level + 1}") as panel:
+                                            elem_id=f"level-{level + 1}") as panel:
                                     with gr.Row():
                                         randomise_buttons.append(gr.Button("Randomise", size="sm"))
                                         reset_buttons.append(gr.Button("Reset", size="sm"))
@@ -161,7 +158,7 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                         compare_truth = gr.ImageSlider(label="True image ↔ result", format="png",
                                                        interactive=False, visible=False, max_height=380)
                     with gr.Column(scale=2):
-                        reference = gr.Image(label="True or reference photo (optional: compare, reconstruct)",
+                        reference = gr.Image(label="True or reference photo (optional)",
                                              type="filepath", sources=["upload", "clipboard"], height=220)
                         with gr.Row():
                             ivo_steps = gr.Slider(5, 500, value=100, step=5, label="Reconstruction steps")
@@ -181,7 +178,8 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                 policy = settings.policy
                 gr.Markdown(f"_{policy.reason}_")
                 with gr.Row():
-                    task = gr.Dropdown(list(TASK_NAMES), value="colourization", label="Task", interactive=policy.allowed)
+                    task = gr.Dropdown(list(TASK_NAMES), value="colourization", label="Task",
+                                       interactive=policy.allowed)
                     preset = gr.Dropdown(list(PRESETS), value="cpu", label="Preset", interactive=policy.allowed)
                     steps = gr.Number(value=3000, precision=0, minimum=1, label="Steps", interactive=policy.allowed)
                     run_name = gr.Textbox(label="Run name (optional)", interactive=policy.allowed)
@@ -255,6 +253,7 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
         save.click(studio.save, state, [downloads, status], api_name="save", **render)
         load_code.upload(studio.load_code, [state, load_code], editor + control_outputs + [gallery],
                          api_name="load_code", **render)
+        # One reconstruction at a time across users: it is the heaviest job (gradients through the model).
         ivo_event = reconstruct.click(studio.reconstruct, [state, ivo_steps, ivo_lr],
                                       [ivo_status] + editor + control_outputs, api_name="reconstruct",
                                       concurrency_id="ivo", concurrency_limit=1)
@@ -280,10 +279,12 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
 
 
 def launch_options(settings: StudioSettings) -> dict:
-    """Arguments for `demo.launch` besides host and port: theme, CSS, served folders, upload limit."""
+    """Arguments for `demo.launch` besides host and port: theme, served folders, upload limit."""
     # Only example photos are served from disk; results and downloads go through Gradio's cache.
     allowed = [str(settings.assets)] if find_examples(settings.assets) else []
-    return dict(theme=gr.themes.Soft(), css=CSS, allowed_paths=allowed, max_file_size="50mb")
+    # Zips of training photos need room; a public app (no training) takes photos and codes only.
+    max_file_size = "500mb" if settings.policy.allowed else "25mb"
+    return dict(theme=gr.themes.Soft(), allowed_paths=allowed, max_file_size=max_file_size)
 
 
 def main(argv: list[str] | None = None) -> None:

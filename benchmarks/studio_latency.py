@@ -78,7 +78,8 @@ def app_timings(checkpoint: Path, image: Path, max_side: int, samples: int, edit
             # The browser fetches the new images itself; the client need not download them.
             client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
             model_path = str(next(checkpoints.iterdir()))
-            client.predict(model_path, handle_file(str(image)), None, max_side, samples, 0, False, api_name="/set_input")
+            client.predict(model_path, handle_file(str(image)), None, max_side, samples, 0, False,
+                           api_name="/set_input")
             tic = time.perf_counter()
             client.predict(samples, 1, False, api_name="/generate")
             grid = time.perf_counter() - tic

@@ -14,6 +14,14 @@ import dataclasses
 from dataclasses import dataclass, field
 
 
+def dataclass_from_dict(cls, values: dict, what: str):
+    """Build dataclass `cls` from a dict, refusing unknown keys (a typo must fail loudly)."""
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what}: {sorted(unknown)}")
+    return cls(**values)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Sizes of a Tower Implicit Model. Per-level tuples are ordered coarse to fine.
@@ -82,11 +90,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, "model config keys")
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

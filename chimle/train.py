@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .checkpoint import save_checkpoint, tensor_digest
 from .codes import LatentCodes
-from .config import PRESETS, preset
+from .config import PRESETS, dataclass_from_dict, preset
 from .data import (Batch, CropSampler, ImageCorpus, PairedCorpus, describe_split, find_images,
                    find_pairs, split_by_source, validation_batch)
 from .fileio import atomic_write_bytes, atomic_write_json
@@ -142,11 +142,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown training options: {sorted(unknown)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, "training options")
 
 
 class TrainingFailed(RuntimeError):

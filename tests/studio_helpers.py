@@ -6,7 +6,6 @@ import socket
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -66,10 +65,13 @@ def pixels(path: str | Path) -> np.ndarray:
         return np.asarray(image.convert("RGB")).copy()
 
 
-@pytest.fixture(scope="module")
-def single_thread():
-    """One torch thread while the module runs: these tests share two cores with other CPU-heavy
-    jobs, where oversubscribed intra-op threads made IvO steps 5-10x slower than one thread."""
+def one_torch_thread():
+    """Generator for a module-scoped fixture: one torch thread while the module runs.
+
+    These tests share two cores with other CPU-heavy jobs, where oversubscribed intra-op
+    threads made IvO steps 5-10x slower than one thread. Test modules bind it with
+    `single_thread = pytest.fixture(scope="module")(one_torch_thread)`.
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

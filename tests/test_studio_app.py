@@ -7,6 +7,7 @@ Every test uses its own client (its own session). Models are tiny 3-level checkp
 from __future__ import annotations
 
 import time
+import zipfile
 from pathlib import Path
 
 import gradio as gr
@@ -19,14 +20,15 @@ from chimle.checkpoint import load_codes
 from chimle.studio.handlers import MAX_LEVELS, Studio, StudioSettings
 from chimle.studio.security import TrainingPolicy
 
-from .studio_helpers import (free_port, photo, pixels, single_thread, stop_leftover_runs,  # noqa: F401 (fixture)
-                             tiny_checkpoint, write_photos)
+from .studio_helpers import (free_port, one_torch_thread, photo, pixels, stop_leftover_runs, tiny_checkpoint,
+                             write_photos)
 
 TINY_RUN_FLAGS = ("--crop-size 64 --samples-per-level 4 4 --pool-size 4 --steps-per-pool 3 --batch-size 2 "
                   "--held-out-fraction 0 --max-side 160")
-RUN_TIMEOUT = 240
+RUN_TIMEOUT = 240  # seconds: a tiny run takes ~20 s on two idle cores, far longer on busy ones
 # Gradio's queue calls pandas options that pandas 3 deprecates; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")  # seconds: a tiny run takes ~20 s on two idle cores, far longer on busy ones
+pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
+single_thread = pytest.fixture(scope="module")(one_torch_thread)
 
 # Return positions of the endpoints (state outputs are not returned to clients).
 STRIP = 1  # in the editor outputs: result, level strip, compare input, compare truth, status
@@ -264,6 +266,31 @@ def test_training_is_refused_when_the_policy_says_so(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_zip_of_photos_is_unpacked_into_the_run_or_refused_whole(tmp_path):
+    photos = write_photos(tmp_path / "photos")
+    settings = StudioSettings(checkpoints=tmp_path, runs=tmp_path / "runs", data_root=tmp_path / "data",
+                              assets=tmp_path, policy=TrainingPolicy(True, "ok"))
+    studio = Studio(settings)
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.write(photos[0], "ok.png")
+        archive.write(photos[1], "../../escape.png")
+    with pytest.raises(gr.Error, match="'..' is not allowed"):
+        studio.start_training("colourization", "tiny", 4, "evil", None, str(evil), "")
+    assert not (tmp_path / "runs" / "evil").exists() and not (tmp_path / "escape.png").exists()
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as archive:
+        for path in photos:
+            archive.write(path, f"holiday/{path.name}")
+    try:
+        outputs = studio.start_training("colourization", "tiny", 4, "zipped", None, str(good), TINY_RUN_FLAGS)
+        assert outputs[0] == "Started run **zipped** on 3 photos from the archive."
+        assert sorted(p.name for p in (tmp_path / "runs" / "zipped" / "data" / "holiday").iterdir()) == \
+            sorted(p.name for p in photos)
+    finally:
+        stop_leftover_runs(tmp_path / "runs")
+
+
 def test_data_folders_outside_the_root_are_refused(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "elsewhere").mkdir()
@@ -291,3 +318,19 @@ def test_page_settings_from_the_command_line(tmp_path, monkeypatch):
     assert app.launch_options(defaults)["allowed_paths"] == ([] if not app.find_examples(defaults.assets)
                                                               else [str(defaults.assets)])
     assert MAX_LEVELS >= 3
+
+
+def test_examples_appear_only_when_assets_hold_photos(tmp_path):
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    settings = StudioSettings(checkpoints=tmp_path, runs=tmp_path / "runs", data_root=tmp_path, assets=assets,
+                              policy=TrainingPolicy(False, "off"))
+    assert app.launch_options(settings)["allowed_paths"] == []
+    without = app.build_demo(settings)
+    assert not any(isinstance(block, gr.Dataset) for block in without.blocks.values())
+    photo("coffee", (64, 48)).save(assets / "coffee.png")
+    (assets / "notes.txt").write_text("not a photo")
+    assert app.find_examples(assets) == [str(assets / "coffee.png")]
+    assert app.launch_options(settings)["allowed_paths"] == [str(assets)]
+    with_examples = app.build_demo(settings)
+    assert any(isinstance(block, gr.Dataset) for block in with_examples.blocks.values())

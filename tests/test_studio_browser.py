@@ -16,7 +16,7 @@ import app
 from chimle.studio.handlers import StudioSettings
 from chimle.studio.security import TrainingPolicy
 
-from .studio_helpers import free_port, photo, single_thread, tiny_checkpoint, write_photos  # noqa: F401 (fixture)
+from .studio_helpers import free_port, one_torch_thread, photo, tiny_checkpoint, write_photos
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -24,6 +24,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 TIMEOUT_MS = 120_000  # the page works on two shared CPU cores
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
+single_thread = pytest.fixture(scope="module")(one_torch_thread)
 
 
 def _playwright():

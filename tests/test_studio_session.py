@@ -14,7 +14,9 @@ from chimle.studio.models import ModelCache
 from chimle.studio.session import (MAX_SAMPLES, LevelEdit, StudioError, StudioSession, blend,
                                    first_changed_level, seeded_level)
 
-from .studio_helpers import photo, pixels, single_thread, tiny_checkpoint  # noqa: F401 (fixture)
+from .studio_helpers import one_torch_thread, photo, pixels, tiny_checkpoint
+
+single_thread = pytest.fixture(scope="module")(one_torch_thread)
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,8 @@ def test_start_refuses_an_existing_run(tmp_path):
 
 def test_loss_curve_and_log_tail(tmp_path):
     paths = RunPaths(tmp_path)
-    lines = [{"step": 10, "loss": 1.0, "loss_per_level": [0.4, 0.6]}, {"step": 20, "loss": 0.8, "loss_per_level": [0.3, 0.5]}]
+    lines = [{"step": 10, "loss": 1.0, "loss_per_level": [0.4, 0.6]},
+             {"step": 20, "loss": 0.8, "loss_per_level": [0.3, 0.5]}]
     paths.metrics.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"step": 30, "lo')
     frame = training.loss_frame(paths)
     assert list(frame.columns) == ["step", "loss", "series"]

@@ -1,9 +1,10 @@
 """Gradio-facing handlers: widget values in, widget values (or updates) out.
 
-`app.py` lays out the widgets and connects them to the methods of `Studio`; the order of
-each method's return values is the order of the output lists `app.py` builds with the
-same names (EDITOR_OUTPUTS, CONTROL_OUTPUTS below). The work itself happens in
-`session.StudioSession` and `training`; this module only translates.
+`app.py` lays out the widgets and connects them to the methods of `Studio`; each method's
+return values come in the order of the output list `app.py` gives it: EDITOR_OUTPUTS (below)
+for the result area, then, where a method resets sliders, CONTROLS_PER_LEVEL values for each
+of the MAX_LEVELS level tabs. The work itself happens in `session.StudioSession` and
+`training`; this module only translates.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ class Studio:
     # -- page load and model ------------------------------------------------------------------
 
     def load_page(self) -> tuple:
-        """Model list (first model chosen) and the example list state, on page load."""
+        """On page load: the model list, freshly scanned, with the first model chosen."""
         choices = self.model_choices()
         value = choices[0][1] if choices else None
         info = "" if choices else (f"No models found: put a `.safetensors` checkpoint in "
@@ -359,19 +360,14 @@ class Studio:
     def refresh_runs(self, selected: str | None) -> list:
         """Runs table, run choice, and the chosen run's status, curve, samples, log and buttons."""
         if not self.settings.policy.allowed:
-            empty = training.runs_table([])
-            return [empty, gr.update(choices=[], value=None), self.settings.policy.reason, pd.DataFrame(
-                columns=["step", "loss", "series"]), None, "", gr.update(interactive=False),
-                gr.update(interactive=False), gr.update(interactive=False)]
+            return self._no_run([], self.settings.policy.reason)
         runs = training.list_runs(self.settings.runs)
         names = [run.name for run in runs]
         if selected not in names:
             selected = names[0] if names else None
         run = next((r for r in runs if r.name == selected), None)
         if run is None:
-            return [training.runs_table(runs), gr.update(choices=names, value=None), "No runs yet.",
-                    pd.DataFrame(columns=["step", "loss", "series"]), None, "", gr.update(interactive=False),
-                    gr.update(interactive=False), gr.update(interactive=False)]
+            return self._no_run(runs, "No runs yet.")
         status = f"**{run.name}**: {run.state}"
         if run.total_steps:
             status += f", step {run.step} of {run.total_steps}"
@@ -391,6 +387,13 @@ class Studio:
                 gr.update(interactive=run.can_stop), gr.update(interactive=run.can_resume or run.state == FINISHED),
                 gr.update(interactive=run.has_model)]
 
+    @staticmethod
+    def _no_run(runs: list[training.RunInfo], message: str) -> list:
+        """refresh_runs' outputs when no run is chosen: the table, the message, nothing to act on."""
+        disabled = gr.update(interactive=False)
+        return [training.runs_table(runs), gr.update(choices=[run.name for run in runs], value=None), message,
+                pd.DataFrame(columns=["step", "loss", "series"]), None, "", disabled, disabled, disabled]
+
     def start_training(self, task: str, preset: str, steps: float, name: str, data_folder: str | None,
                        archive: str | None, extra_flags: str) -> list:
         """Start a run; returns a message and the refreshed run outputs (the new run selected)."""
@@ -398,6 +401,8 @@ class Studio:
             self._require_training()
             if task not in TASK_NAMES or preset not in PRESETS:
                 raise training.TrainingError("choose a task and a preset")
+            if not steps or int(steps) < 1:
+                raise training.TrainingError("train for at least one step")
             flags = training.parse_extra_flags(extra_flags)
             name = (name or "").strip() or f"{task}-{preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
             name = training.check_run_name(name)
@@ -405,7 +410,11 @@ class Studio:
             if run_dir.exists():
                 raise training.TrainingError(f"a run named {name} exists already")
             if archive:
-                extracted = extract_images_zip(archive, run_dir / "data", ZipLimits())
+                try:
+                    extracted = extract_images_zip(archive, run_dir / "data", ZipLimits())
+                except UnsafePathError:
+                    shutil.rmtree(run_dir, ignore_errors=True)  # the folder was made for this archive only
+                    raise
                 data, source = extracted.folder, f"{len(extracted.images)} photos from the archive"
             elif data_folder:
                 data = confine_data_folder(data_folder, self.settings.data_root)

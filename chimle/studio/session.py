@@ -150,7 +150,9 @@ def prepare_reference(prepared: PreparedInput, image: Image.Image) -> tuple[torc
     crop_h, crop_w = prepared.crop
     rgb = resize(pil_to_tensor(image), (crop_h, crop_w), mode="bicubic").clamp(-1, 1)  # (1, 3, h, w)
     out_h, out_w = prepared.output_size
-    target = F.pad(rgb, (0, out_w - crop_w, 0, out_h - crop_h), mode="replicate") if (out_h, out_w) != (crop_h, crop_w) else rgb
+    target = rgb
+    if (out_h, out_w) != (crop_h, crop_w):
+        target = F.pad(rgb, (0, out_w - crop_w, 0, out_h - crop_h), mode="replicate")
     return target, tensor_to_pil(rgb)
 
 
@@ -288,7 +290,8 @@ class StudioSession:
             if existing + num > MAX_SAMPLES:
                 raise StudioError(f"the gallery holds at most {MAX_SAMPLES} samples; "
                                   f"generate a new set instead")
-            draw_seed = self.sample_seed if self.batches_drawn == 0 else derived_seed(self.sample_seed, self.batches_drawn)
+            draw_seed = (self.sample_seed if self.batches_drawn == 0
+                         else derived_seed(self.sample_seed, self.batches_drawn))
             codes = self._with_locked_levels(sample_codes(model.net, prepared, num, draw_seed))
             images = []
             for start in range(0, num, RENDER_CHUNK):
