@@ -1,0 +1,104 @@
+"""Write a shipped model's card from its run folder and its evaluation report.
+
+    python -m tools.model_card --run runs/colour-cpu --eval reports/colour.json \
+        --name colourization-cpu --out checkpoints/colourization-cpu.md
+
+Every figure in the card comes from those two files, so a card never states a number that
+was not measured; the reproduce command is rebuilt from the run's config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from chimle.config import ModelConfig
+from chimle.fileio import atomic_write_text
+from chimle.model import TowerImplicitModel, count_parameters
+from chimle.runs import RunPaths, read_metrics
+
+DEFAULTS_SKIPPED = {"data", "validation_data", "task", "task_params", "preset"}
+
+
+def reproduce_command(train: dict) -> str:
+    from chimle.train import TrainConfig
+
+    defaults = TrainConfig().to_dict()
+    parts = ["python -m chimle train", f"--task {train['task']}"]
+    if train["task_params"]:
+        parts.append(f"--task-params '{json.dumps(train['task_params'])}'")
+    parts += [f"--data {train['data']}", f"--validation-data {train['validation_data']}" if train["validation_data"] else "",
+              f"--preset {train['preset']}"]
+    for name, value in train.items():
+        if name in DEFAULTS_SKIPPED or value == defaults.get(name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, list):
+            parts.append(f"{flag} {' '.join(str(v) for v in value)}")
+        else:
+            parts.append(f"{flag} {value}")
+    return " \\\n    ".join(p for p in parts if p) + " \\\n    --out runs/NAME"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--eval", required=True, help="JSON written by python -m chimle eval --out")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--note", default="", help="a paragraph on what the figures mean")
+    args = parser.parse_args()
+
+    paths = RunPaths(args.run)
+    config = json.loads(paths.config.read_text())
+    state = torch.load(paths.train_state, map_location="cpu", weights_only=True)
+    report = json.loads(Path(args.eval).read_text())["reports"][0]
+    summary, options = report["summary"], report["options"]
+    metrics = read_metrics(paths)
+    last = metrics[-1] if metrics else {}
+    train = config["train"]
+    lines = [
+        f"# {args.name}", "",
+        f"- Task: `{json.dumps(config['task'])}`; preset `{train['preset']}` "
+        f"({count_parameters(TowerImplicitModel(ModelConfig.from_dict(config['model']))):,} parameters)",
+        f"- Method: {train['method']}, samples per level {train['samples_per_level']}, "
+        f"{train['crop_size']} px crops, batch {train['batch_size']}, pool {train['pool_size']} "
+        f"x {train['steps_per_pool']} steps, Adam lr {train['lr']}",
+        f"- Data: {config['data']['num_train']} training photos from `{train['data']}`, "
+        f"{config['data']['num_held_out']} held-out photos from `{train['validation_data'] or 'a split of the data'}` "
+        f"(the demo corpus, `python -m chimle data demo`; split by source photo, see its manifest.json)",
+        f"- Trained: {state['step']} steps in {state['elapsed'] / 60:.0f} min of wall time on "
+        f"{config['device']} ({platform.machine()}, {torch.get_num_threads()} threads available; "
+        f"two CPU cores shared with other jobs), {last.get('search_share', 0):.0%} of it in code search",
+        f"- Code version: `{config['code_version']}`", "",
+        "## Reproduce", "", "```bash", reproduce_command(train), "```", "",
+        f"## Held-out figures ({report['num_images']} photos, {options['crop_size']} px center crops, "
+        f"{options['num_samples']} samples each, seed {options['seed']})", "",
+        "| metric | value |", "|---|---|",
+        f"| no-model baseline LPIPS (the input as RGB) | {summary['baseline_lpips']:.4f} |",
+        f"| best-of-{options['num_samples']} LPIPS to the true photo | {summary['best_lpips']:.4f} |",
+        f"| mean LPIPS to the true photo | {summary['mean_lpips']:.4f} |",
+        f"| LPIPS diversity (mean pairwise, per photo) | {summary['lpips_diversity']:.4f} |",
+        f"| FwV (sigma {summary['fwv_sigma']}) | {summary['fwv']:.3g} |",
+        f"| best PSNR (dB) | {summary['best_psnr']:.2f} |",
+        f"| IvO MSE after {options['ivo_steps']} steps | {summary['ivo_mse']:.5f} |",
+    ]
+    if summary.get("fid") is not None:
+        lines.append(f"| FID / KID (tiny sets: biased upwards) | {summary['fid']:.1f} / {summary['kid_mean']:.4f} |")
+    lines += ["", f"Measured with `python -m chimle eval --checkpoint checkpoints/{args.name}.safetensors "
+              f"--data {options['data']} --num-samples {options['num_samples']} --crop-size {options['crop_size']} "
+              f"--ivo-steps {options['ivo_steps']} --out REPORT.json`."]
+    if args.note:
+        lines += ["", args.note]
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
