@@ -1,7 +1,7 @@
 """Write a shipped model's card from its run folder and its evaluation report.
 
-    python -m tools.model_card --run runs/colour-cpu --eval reports/colour.json \
-        --name colourization-cpu --out checkpoints/colourization-cpu.md
+    python -m tools.model_card --run runs/colour-cpu --checkpoint checkpoints/colourization-cpu.safetensors \
+        --eval checkpoints/colourization-cpu.eval.json --name colourization-cpu --out checkpoints/colourization-cpu.md
 
 Every figure in the card comes from those two files, so a card never states a number that
 was not measured; the reproduce command is rebuilt from the run's config.json.
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from pathlib import Path
 
-import torch
 
+from chimle.checkpoint import load_checkpoint
 from chimle.config import ModelConfig
 from chimle.fileio import atomic_write_text
 from chimle.model import TowerImplicitModel, count_parameters
@@ -49,6 +50,7 @@ def reproduce_command(train: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True)
+    parser.add_argument("--checkpoint", required=True, help="the shipped model file (its step is read from it)")
     parser.add_argument("--eval", required=True, help="JSON written by python -m chimle eval --out")
     parser.add_argument("--name", required=True)
     parser.add_argument("--out", required=True)
@@ -57,11 +59,12 @@ def main() -> None:
 
     paths = RunPaths(args.run)
     config = json.loads(paths.config.read_text())
-    state = torch.load(paths.train_state, map_location="cpu", weights_only=True)
+    step = load_checkpoint(args.checkpoint).metadata["step"]
     report = json.loads(Path(args.eval).read_text())["reports"][0]
     summary, options = report["summary"], report["options"]
-    metrics = read_metrics(paths)
-    last = metrics[-1] if metrics else {}
+    # The metrics line of the checkpoint's step (or the last before it) holds its wall time.
+    at_step = [m for m in read_metrics(paths) if m["step"] <= step]
+    last = at_step[-1] if at_step else {}
     train = config["train"]
     lines = [
         f"# {args.name}", "",
@@ -73,9 +76,9 @@ def main() -> None:
         f"- Data: {config['data']['num_train']} training photos from `{train['data']}`, "
         f"{config['data']['num_held_out']} held-out photos from `{train['validation_data'] or 'a split of the data'}` "
         f"(the demo corpus, `python -m chimle data demo`; split by source photo, see its manifest.json)",
-        f"- Trained: {state['step']} steps in {state['elapsed'] / 60:.0f} min of wall time on "
-        f"{config['device']} ({platform.machine()}, {torch.get_num_threads()} threads available; "
-        f"two CPU cores shared with other jobs), {last.get('search_share', 0):.0%} of it in code search",
+        f"- Trained: {step} steps in {last.get('elapsed_seconds', 0) / 60:.0f} min of wall time on "
+        f"{config['device']} ({platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"shared with other jobs during this run), {last.get('search_share', 0):.0%} of it in code search",
         f"- Code version: `{config['code_version']}`", "",
         "## Reproduce", "", "```bash", reproduce_command(train), "```", "",
         f"## Held-out figures ({report['num_images']} photos, {options['crop_size']} px center crops, "
