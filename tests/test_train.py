@@ -201,28 +201,43 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint(photo_folder, tmp_path):
     assert _state_step(run) == status["step"] < 500  # the checkpoint holds the last step done
 
 
-def test_cli_errors_are_one_line_with_status_2(photo_folder, tmp_path):
+def test_cli_errors_are_one_line_with_status_2(photo_folder, tmp_path, capsys):
+    from chimle.cli import main
+
+    # The real entry point once, as a process: exit status and stderr as a user sees them.
     missing = _cli("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"))
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0 and "does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+    # The other cases through the same `main`, in-process (a process start costs seconds).
+    def run(*args: str) -> str:
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse rejects a bad choice by exiting
+            code = exit_.code
+        error = capsys.readouterr().err
+        assert code == 2, (args, error)
+        return error
+
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.png").write_text("not an image")
-    no_images = _cli("train", "--data", str(empty), "--out", str(tmp_path / "r2"), "--preset", "tiny")
-    assert no_images.returncode == 2 and "no usable image" in no_images.stderr.lower()
-    unknown_task = _cli("train", "--task", "painting", "--data", str(photo_folder), "--out", str(tmp_path / "r3"))
-    assert unknown_task.returncode == 2 and "invalid choice: 'painting'" in unknown_task.stderr
-    unknown_preset = _cli("train", "--preset", "huge", "--data", str(photo_folder), "--out", str(tmp_path / "r4"))
-    assert unknown_preset.returncode == 2 and "invalid choice: 'huge'" in unknown_preset.stderr
-    not_a_run = _cli("train", "--resume", str(tmp_path))
-    assert not_a_run.returncode == 2 and "not a run folder" in not_a_run.stderr
+    error = run("train", "--data", str(empty), "--out", str(tmp_path / "r2"), "--preset", "tiny")
+    assert "no usable image" in error.lower() and error.count("\n") == 1
+    assert "invalid choice: 'painting'" in run("train", "--task", "painting", "--data", str(photo_folder))
+    assert "invalid choice: 'huge'" in run("train", "--preset", "huge", "--data", str(photo_folder))
+    assert "not a run folder" in run("train", "--resume", str(tmp_path))
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x00" * 100)
-    bad_checkpoint = _cli("sample", "--checkpoint", str(broken), "--input", str(photo_folder / "chelsea.png"),
-                          "--out", str(tmp_path / "s"))
-    assert bad_checkpoint.returncode == 2 and "broken.safetensors" in bad_checkpoint.stderr
-    assert "Traceback" not in bad_checkpoint.stderr
+    error = run("sample", "--checkpoint", str(broken), "--input", str(photo_folder / "chelsea.png"),
+                "--out", str(tmp_path / "s"))
+    assert "broken.safetensors" in error and error.count("\n") == 1
+    text = tmp_path / "text.png"
+    text.write_text("hello")
+    error = run("ivo", "--checkpoint", str(broken), "--input", str(text), "--target", str(text),
+                "--out", str(tmp_path / "i"))
+    assert error.startswith("error: ") and error.count("\n") == 1
 
 
 def test_cli_sample_render_and_ivo(photo_folder, tmp_path):
