@@ -35,7 +35,8 @@ def _free_port() -> int:
 
 def _edit_values(index: int) -> list[float]:
     """Slider values for the index-th edit: a global direction and a local blend that change each time."""
-    return [0.5 * (index + 1), 0, 0, 0, 0, 0, 7, 0.1 * (index + 1), 1.0]
+    # Kept inside the sliders' ranges (directions -3..3, blends 0..1) however many edits run.
+    return [-3 + 0.3 * (index % 21), 0, 0, 0, 0, 0, 7, 0.05 * (index % 20 + 1), 1.0]
 
 
 def library_timings(checkpoint: Path, image: Path, max_side: int, samples: int, edits: int) -> dict:
@@ -56,6 +57,15 @@ def library_timings(checkpoint: Path, image: Path, max_side: int, samples: int, 
             times.append(session.edit_level(model, level, edit).seconds)
         per_level[level] = times
     return {"size": session.result_image().size, "grid": grid, "per_level": per_level}
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (the app's server runs in this process)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def app_timings(checkpoint: Path, image: Path, max_side: int, samples: int, edits: int) -> dict:
@@ -83,17 +93,19 @@ def app_timings(checkpoint: Path, image: Path, max_side: int, samples: int, edit
             tic = time.perf_counter()
             client.predict(samples, 1, False, api_name="/generate")
             grid = time.perf_counter() - tic
-            per_level = {}
+            per_level, rss_after_first = {}, None
             for level in range(MODELS.get(model_path).num_levels):
                 times = []
                 for index in range(edits):
                     tic = time.perf_counter()
                     client.predict(True, *_edit_values(index), api_name=f"/edit_level_{level + 1}")
                     times.append(time.perf_counter() - tic)
+                    rss_after_first = rss_after_first or _rss_mb()
                 per_level[level] = times
+            rss_after_all = _rss_mb()
         finally:
             demo.close()
-    return {"grid": grid, "per_level": per_level}
+    return {"grid": grid, "per_level": per_level, "rss_after_first": rss_after_first, "rss_after_all": rss_after_all}
 
 
 def main() -> None:
@@ -123,6 +135,11 @@ def main() -> None:
                         for times in timing["per_level"].values())
         print(f"{name:16}{timing['grid']:>12.2f} s{cells}")
     print(f"\nmedian of {args.edits} edits per level; an edit of level l re-renders levels l..L only")
+    if not args.no_app:
+        app_rows = rows[1][1]
+        total = args.edits * len(app_rows["per_level"])
+        print(f"app process memory: {app_rows['rss_after_first']:.0f} MB after the first edit, "
+              f"{app_rows['rss_after_all']:.0f} MB after {total} edits")
 
 
 if __name__ == "__main__":
