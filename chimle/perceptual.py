@@ -28,7 +28,8 @@ from typing import Any, BinaryIO
 
 import lpips
 import numpy as np
-import safetensors.torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save_file as save_safetensors_file
 import torch
 from torch import nn
 
@@ -184,7 +185,7 @@ def save_backbone(state: dict[str, torch.Tensor], out: str | Path, net: str) -> 
                               "torchvision features state dict, conv weights (out, in, kh, kw)"}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata=metadata)
+    save_safetensors_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata=metadata)
     return _sha256(out.read_bytes())
 
 
@@ -241,7 +242,7 @@ def _load_committed(path: Path, spec: _BackboneSpec) -> dict[str, torch.Tensor]:
             f"{path} has SHA-256 {digest}, expected {spec.committed_sha256}; the file is corrupt "
             "or from another version. Restore it from the repository or regenerate it with "
             "`python -m tools.convert_lpips_backbone --net alex --out <path>`.")
-    return safetensors.torch.load(data)
+    return load_safetensors_bytes(data)  # safetensors: parses tensors, never unpickles
 
 
 def find_backbone_weights(net: str = "alex", paths: BackboneSearchPaths | None = None,
