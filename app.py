@@ -19,7 +19,9 @@ import torch
 from chimle.config import PRESETS
 from chimle.studio.handlers import (CONTROLS_PER_LEVEL, MAX_LEVELS, NUM_DIRECTIONS, Studio, StudioSettings,
                                     find_examples)
+from chimle.studio.inputs import StudioBlocks
 from chimle.studio.security import on_spaces, training_policy
+from chimle.studio.session import MAX_SEED
 from chimle.tasks import TASK_NAMES
 
 ROOT = Path(__file__).resolve().parent
@@ -83,7 +85,8 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
     """The whole page, wired to a `Studio` for `settings`, with its queue configured."""
     studio = Studio(settings)
     examples = find_examples(settings.assets)
-    with gr.Blocks(title="CHIMLE Studio") as demo:
+    # StudioBlocks: malformed API inputs get a message naming the widget (chimle/studio/inputs.py).
+    with StudioBlocks(title="CHIMLE Studio") as demo:
         state = gr.State(None, delete_callback=studio.forget)
         gr.Markdown(INTRO)
         with gr.Tabs() as tabs:
@@ -94,8 +97,9 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                             model = gr.Dropdown(label="Model", choices=studio.model_choices(), scale=4, elem_id="model")
                             refresh_models = gr.Button("↻", size="sm", scale=0, min_width=40)
                         model_info = gr.Markdown()
-                        image = gr.Image(label="Your photo", type="filepath", sources=["upload", "clipboard"],
-                                         height=260, elem_id="input-photo")
+                        # image_mode=None: the file reaches load_rgb as uploaded, not converted by Gradio.
+                        image = gr.Image(label="Your photo", type="filepath", image_mode=None,
+                                         sources=["upload", "clipboard"], height=260, elem_id="input-photo")
                         if examples:
                             gr.Examples(examples, inputs=image, label="Examples")
                         max_side = gr.Slider(64, 512, value=settings.default_max_side, step=32,
@@ -105,7 +109,7 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                     with gr.Column(scale=3):
                         with gr.Row():
                             num_samples = gr.Slider(1, 16, value=8, step=1, label="Samples", scale=2)
-                            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", scale=1)
+                            seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", scale=1)
                             randomise_seed = gr.Checkbox(value=True, label="New seed each time", scale=1)
                         with gr.Row():
                             generate = gr.Button("Generate", variant="primary")
@@ -138,13 +142,13 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                                     controls = [gr.Slider(-3, 3, value=0, step=0.1, label=f"Direction {i + 1}")
                                                 for i in range(NUM_DIRECTIONS)]
                                     with gr.Row():
-                                        controls.append(gr.Number(value=0, precision=0, minimum=0,
+                                        controls.append(gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
                                                                   label="Global seed", scale=1, min_width=90))
                                         controls.append(gr.Slider(0, 1, value=0, step=0.05,
                                                                   label="Blend toward seed", scale=3))
                                     gr.Markdown("**Local code** — texture and placement")
                                     with gr.Row():
-                                        controls.append(gr.Number(value=0, precision=0, minimum=0,
+                                        controls.append(gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
                                                                   label="Local seed", scale=1, min_width=90))
                                         controls.append(gr.Slider(0, 1, value=0, step=0.05,
                                                                   label="Blend toward seed", scale=3))
@@ -158,8 +162,8 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                         compare_truth = gr.ImageSlider(label="True image ↔ result", format="png",
                                                        interactive=False, visible=False, max_height=380)
                     with gr.Column(scale=2):
-                        reference = gr.Image(label="True or reference photo (optional)",
-                                             type="filepath", sources=["upload", "clipboard"], height=220)
+                        reference = gr.Image(label="True or reference photo (optional)", type="filepath",
+                                             image_mode=None, sources=["upload", "clipboard"], height=220)
                         with gr.Row():
                             ivo_steps = gr.Slider(5, 500, value=100, step=5, label="Reconstruction steps")
                             ivo_lr = gr.Slider(0.005, 0.2, value=0.05, step=0.005, label="Step size")

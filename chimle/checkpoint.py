@@ -154,8 +154,16 @@ def load_codes(path: str | os.PathLike, fingerprint: str | None = None) -> tuple
     if fingerprint is not None and header.get("model") != fingerprint:
         raise CheckpointError(f"{path}: these codes were saved for another model "
                               f"({header.get('model')}), not this one ({fingerprint})")
+    for name, tensor in sorted(tensors.items()):
+        # A checksum only proves the file is as written: it may have been written with NaNs.
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{path}: code {name} holds {tensor.dtype} values, not floating-point numbers")
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: code {name} contains NaN or infinite values")
     try:
-        codes = LatentCodes.from_tensors(tensors)
+        codes = LatentCodes.from_tensors({name: tensor.float() for name, tensor in tensors.items()})
     except ValueError as error:
         raise CheckpointError(f"{path}: {error}") from None
+    if codes.batch_size < 1:
+        raise CheckpointError(f"{path}: the file holds no codes")
     return codes, json.loads(header.get("metadata", "{}"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+MAX_SEED = 2 ** 64 - 1  # torch's generators take seeds up to 64 bits
 
 TRAIN_HELP = {
     "task": "what to learn",
@@ -181,10 +183,18 @@ def _train(args: argparse.Namespace) -> int:
 def _load_model_and_input(args: argparse.Namespace):
     from .checkpoint import load_checkpoint
     from .images import load_rgb
-    from .pipeline import prepare
+    from .pipeline import MIN_SIDE, prepare
 
+    if args.max_side < MIN_SIDE:
+        raise CommandError(f"--max-side must be at least {MIN_SIDE}, got {args.max_side}")
+    if hasattr(args, "seed") and not 0 <= args.seed <= MAX_SEED:
+        raise CommandError(f"--seed must lie between 0 and {MAX_SEED}, got {args.seed}")
     checkpoint = load_checkpoint(args.checkpoint)
-    prepared = prepare(checkpoint.net, checkpoint.task, load_rgb(args.input), args.max_side)
+    image = load_rgb(args.input)
+    try:
+        prepared = prepare(checkpoint.net, checkpoint.task, image, args.max_side)
+    except ValueError as error:  # too small or too elongated for the model
+        raise CommandError(f"{args.input}: {error}") from None
     for note in prepared.notes:
         print(f"note: {note}")
     return checkpoint, prepared
@@ -236,6 +246,10 @@ def _ivo(args: argparse.Namespace) -> int:
     from .perceptual import load_perceptual_distance
     from .pipeline import render
 
+    if args.steps < 1 or args.init_samples < 1:
+        raise CommandError("--steps and --init-samples must be at least 1")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise CommandError(f"--lr must be a positive number, got {args.lr}")
     checkpoint, prepared = _load_model_and_input(args)
     target = resize(pil_to_tensor(load_rgb(args.target)), prepared.output_size, mode="bicubic").clamp(-1, 1)
     distance = load_perceptual_distance()

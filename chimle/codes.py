@@ -51,12 +51,13 @@ class LatentCodes:
             raise ValueError(
                 f"need the same non-zero number of global and local parts, got "
                 f"{len(self.globals)} and {len(self.locals)}")
-        batch = self.globals[0].shape[0]
         for level, (g, loc) in enumerate(zip(self.globals, self.locals), start=1):
             if g.dim() != 2 or loc.dim() != 4:
                 raise ValueError(
                     f"level {level}: expected global (B, G) and local (B, C, H, W), got "
                     f"{tuple(g.shape)} and {tuple(loc.shape)}")
+        batch = self.globals[0].shape[0]
+        for level, (g, loc) in enumerate(zip(self.globals, self.locals), start=1):
             if g.shape[0] != batch or loc.shape[0] != batch:
                 raise ValueError(f"level {level}: batch sizes differ from level 1's {batch}")
 

@@ -63,6 +63,39 @@ def load_rgb(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PI
         ImageError: the file is missing, empty, not an image, truncated or corrupt, too
             large, or in a colour mode that has no RGB conversion.
     """
+    image, label = _open_checked(source, max_pixels, name)
+    with image:
+        try:
+            # An animation is positioned on its first frame when opened; load() decodes
+            # only that frame.
+            image.load()
+            upright = ImageOps.exif_transpose(_to_eight_bit(image))  # a copy, off the file
+        except Exception as error:  # untrusted data: any decoder failure is the file's fault
+            message = _one_line(error)
+            if "truncated" in message.lower():
+                raise ImageError(f"{label}: file is truncated ({message})") from None
+            raise ImageError(f"{label}: corrupt or unsupported image ({message})") from None
+    return _to_rgb(upright, label)
+
+
+def read_size(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+              name: str | None = None) -> tuple[int, int]:
+    """An image file's (width, height) from its header, with `load_rgb`'s checks; no pixel is decoded.
+
+    For a cheap early refusal (the studio checks an upload before Gradio opens it): a file
+    that passes may still fail in `load_rgb` (a truncated one, for instance).
+
+    Raises:
+        ImageError: the file is missing, empty, not an image, or has more than `max_pixels`.
+    """
+    image, _ = _open_checked(source, max_pixels, name)
+    with image:
+        return image.size
+
+
+def _open_checked(source: str | os.PathLike | bytes, max_pixels: int,
+                  name: str | None) -> tuple[Image.Image, str]:
+    """Open an image lazily (header only) and refuse it above `max_pixels`; returns it and its label."""
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be positive, got {max_pixels!r}")
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -97,23 +130,13 @@ def load_rgb(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PI
     except OSError as error:
         raise ImageError(f"{label}: cannot read file ({_one_line(error)})") from None
 
-    with image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageError(
-                f"{label}: image is too large ({width}x{height} = {width * height:,} "
-                f"pixels; the limit is {max_pixels:,} pixels); refusing to decode it")
-        try:
-            # An animation is positioned on its first frame when opened; load() decodes
-            # only that frame.
-            image.load()
-            upright = ImageOps.exif_transpose(_to_eight_bit(image))  # a copy, off the file
-        except Exception as error:  # untrusted data: any decoder failure is the file's fault
-            message = _one_line(error)
-            if "truncated" in message.lower():
-                raise ImageError(f"{label}: file is truncated ({message})") from None
-            raise ImageError(f"{label}: corrupt or unsupported image ({message})") from None
-    return _to_rgb(upright, label)
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageError(
+            f"{label}: image is too large ({width}x{height} = {width * height:,} "
+            f"pixels; the limit is {max_pixels:,} pixels); refusing to decode it")
+    return image, label
 
 
 def _check_readable_file(path: Path, label: str) -> None:

@@ -52,6 +52,12 @@ def prepare(net: TowerImplicitModel, task: Task, image: Image.Image, max_side: i
     scale = task.output_size((1, 1), net.num_levels)[0]  # output pixels per input pixel
     input_limit = max(max_side // scale, MIN_SIDE)
     if max(width, height) > input_limit:
+        shrink = input_limit / max(width, height)
+        small_w, small_h = max(1, round(width * shrink)), max(1, round(height * shrink))  # as fit_within
+        if min(small_w, small_h) < MIN_SIDE:
+            raise ValueError(f"the image is {width}x{height}, too elongated: fitted to the working size it "
+                             f"would be {small_w}x{small_h}, and each side needs at least {MIN_SIDE} pixels; "
+                             f"crop it or choose a larger working size")
         image = fit_within(image, input_limit)
         notes.append(f"resized from {width}x{height} to {image.size[0]}x{image.size[1]} "
                      f"(this model works at up to {max_side} pixels per side)")

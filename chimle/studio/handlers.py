@@ -31,6 +31,7 @@ from ..perceptual import BackboneWeightsError, load_perceptual_distance
 from ..runs import FINISHED, RunPaths
 from ..tasks import TASK_NAMES
 from . import training
+from .inputs import UPLOAD_MAX_PIXELS
 from .models import MODELS, NUM_DIRECTIONS, LoadedModel, find_models
 from .security import (TrainingPolicy, UnsafePathError, ZipLimits, confine_data_folder, data_folders,
                        extract_images_zip)
@@ -41,7 +42,6 @@ MAX_LEVELS = 4  # level panels on the page; a model with more levels shows its f
 # noise scale, and the lock box.
 CONTROLS_PER_LEVEL = 1 + NUM_DIRECTIONS + 5 + 1
 EDITOR_OUTPUTS = ("state", "result", "level_strip", "compare_input", "compare_truth", "status")
-UPLOAD_MAX_PIXELS = 16_000_000  # a user's photo is kept in the session: bound its memory
 IVO_REPORT_EVERY = 5
 DEFAULT_MAX_SIDE = 256
 
@@ -202,8 +202,7 @@ class Studio:
                 if reference_path:
                     session.set_reference(load_rgb(reference_path, max_pixels=UPLOAD_MAX_PIXELS,
                                                    name="the reference image"))
-                seed = None if randomise_seed else int(seed)
-                session.draw_samples(model, int(num), seed)
+                session.draw_samples(model, int(num), None if randomise_seed else int(seed or 0))
             notes_text = "\n".join(f"- {note[0].upper()}{note[1:]}." for note in notes)
             return ([model.describe(), notes_text] + self._full(session, model)
                     + [self.gallery_values(session), session.sample_seed])
@@ -215,7 +214,7 @@ class Studio:
         session = self._session(session)
         with user_errors():
             model = self._model(session)
-            session.draw_samples(model, int(num), None if randomise_seed else int(seed))
+            session.draw_samples(model, int(num), None if randomise_seed else int(seed or 0))
             return self._full(session, model) + [self.gallery_values(session), session.sample_seed]
 
     def more(self, session: StudioSession | None, num: float) -> list:

@@ -45,6 +45,7 @@ from ..search import Distance
 from .models import NUM_DIRECTIONS, LoadedModel
 
 MAX_SAMPLES = 48  # gallery size bound: each sample keeps its code and a thumbnail in memory
+MAX_SEED = 2 ** 32 - 1  # seeds are 0..MAX_SEED (torch's generator refuses numbers past 64 bits)
 RENDER_CHUNK = 4  # samples rendered per forward pass (bounds peak memory for big inputs)
 
 
@@ -72,10 +73,14 @@ class LevelEdit:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "directions", tuple(float(a) for a in self.directions))
+        if not all(math.isfinite(a) for a in self.directions):
+            raise StudioError("direction amounts must be finite numbers")
         if not 0 <= self.global_blend <= 1 or not 0 <= self.local_blend <= 1:
             raise StudioError("blends must lie between 0 and 1")
-        if self.noise_scale < 0:
-            raise StudioError("the noise scale cannot be negative")
+        if not 0 <= self.noise_scale < math.inf:  # also refuses NaN
+            raise StudioError("the noise scale must be a finite number, at least 0")
+        if not (0 <= self.global_seed <= MAX_SEED and 0 <= self.local_seed <= MAX_SEED):
+            raise StudioError(f"seeds must lie between 0 and {MAX_SEED}")
 
 
 def blend(z0: torch.Tensor, z1: torch.Tensor, amount: float, renormalise: bool) -> torch.Tensor:
@@ -283,6 +288,8 @@ class StudioSession:
             num = int(num)
             if num < 1:
                 raise StudioError("draw at least one sample")
+            if seed is not None and not 0 <= seed <= MAX_SEED:
+                raise StudioError(f"the seed must lie between 0 and {MAX_SEED}")
             if not more or self.samples is None:
                 self.sample_seed = fresh_seed() if seed is None else int(seed)
                 self.samples, self.sample_images, self.batches_drawn = None, [], 0
