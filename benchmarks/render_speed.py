@@ -228,14 +228,14 @@ def run_variants(net: TowerImplicitModel, task, inputs: Inputs, repeats: int, sk
 
 def markdown_tables(result: dict) -> str:
     peak = result["peak_gflops"]["1"]["cpu"]
-    lines = ["| model | size | path | GFLOP/render | full render (s) | CPU (s) | re-render from level 2..L (s) | "
-             "GFLOP/s per CPU-s | share of matmul peak |",
+    lines = ["| model | size | path | GFLOP/render | full render, wall (s) | full render, CPU (s) | "
+             "re-render from level 2..L, CPU (s) | GFLOP/s per CPU-s | share of matmul peak |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in result["renders"]:
         gflops = row["flops"] / 1e9
         achieved = gflops / row["full_cpu"]
         lines.append(f"| {row['model']} | {row['size']} | {row['path']} | {gflops:.1f} | {row['full']:.2f} | "
-                     f"{row['full_cpu']:.2f} | " + " / ".join(f"{t:.2f}" for t in row["rerender_from_level"][1:])
+                     f"{row['full_cpu']:.2f} | " + " / ".join(f"{t:.2f}" for t in row["rerender_from_level_cpu"][1:])
                      + f" | {achieved:.1f} | {achieved / peak:.0%} |")
     lines += ["", f"Variants ({result['variant_model']}, {result['variant_size']} px, full render, batch 1; "
               f"tolerance {result['tolerance']:g} on RGB in [-1, 1]; speed-ups against 'as loaded' on 1 thread):", "",
@@ -268,7 +268,7 @@ def plot(result: dict, path: Path, title: str) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     rows = result["renders"]
-    labels = [f"{r['model'].split('-')[0]}\n{r['size']} px\n{'opt' if r['path'] != 'as loaded' else 'loaded'}"
+    labels = [f"{r['model'].split('-')[0][:6]}\n{r['size']}\n{'loaded' if r['path'] == 'as loaded' else 'copy'}"
               for r in rows]
     levels = len(rows[0]["rerender_from_level"])
     width = 0.8 / levels
