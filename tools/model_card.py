@@ -23,6 +23,14 @@ from chimle.model import TowerImplicitModel, count_parameters
 from chimle.runs import RunPaths, read_metrics
 
 DEFAULTS_SKIPPED = {"data", "validation_data", "task", "task_params", "preset"}
+# What `python -m chimle eval` compares against when no model is used, per task.
+NO_MODEL_BASELINE = {
+    "colourization": "the grey input",
+    "jpeg": "the decoded JPEG",
+    "super_resolution": "bicubic upsampling",
+    "night_to_day": "the night photo",
+    "synthetic_night_to_day": "the synthetic night photo",
+}
 
 
 def reproduce_command(train: dict) -> str:
@@ -84,13 +92,14 @@ def main() -> None:
         f"## Held-out figures ({report['num_images']} photos, {options['crop_size']} px center crops, "
         f"{options['num_samples']} samples each, seed {options['seed']})", "",
         "| metric | value |", "|---|---|",
-        f"| no-model baseline LPIPS (the input as RGB) | {summary['baseline_lpips']:.4f} |",
+        f"| no-model baseline LPIPS ({NO_MODEL_BASELINE[config['task']['name']]}) | {summary['baseline_lpips']:.4f} |",
         f"| best-of-{options['num_samples']} LPIPS to the true photo | {summary['best_lpips']:.4f} |",
         f"| mean LPIPS to the true photo | {summary['mean_lpips']:.4f} |",
         f"| LPIPS diversity (mean pairwise, per photo) | {summary['lpips_diversity']:.4f} |",
         f"| FwV (sigma {summary['fwv_sigma']}) | {summary['fwv']:.3g} |",
         f"| best PSNR (dB) | {summary['best_psnr']:.2f} |",
-        f"| IvO MSE after {options['ivo_steps']} steps | {summary['ivo_mse']:.5f} |",
+        f"| IvO MSE after {options['ivo_steps']} steps | {summary['ivo_mse']:.5f} |" if options["ivo_steps"] else
+        f"| MSE of the best of {options['ivo_init_samples']} random codes (IvO not run) | {summary['ivo_mse']:.5f} |",
     ]
     if summary.get("fid") is not None:
         lines.append(f"| FID / KID (tiny sets: biased upwards) | {summary['fid']:.1f} / {summary['kid_mean']:.4f} |")
