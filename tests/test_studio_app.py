@@ -334,3 +334,20 @@ def test_examples_appear_only_when_assets_hold_photos(tmp_path):
     assert app.launch_options(settings)["allowed_paths"] == [str(assets)]
     with_examples = app.build_demo(settings)
     assert any(isinstance(block, gr.Dataset) for block in with_examples.blocks.values())
+
+
+def test_no_file_outside_the_apps_folders_is_served(studio_app):
+    """`/gradio_api/file=` serves uploads and Gradio's cache, never the server's other files."""
+    import httpx
+
+    base = studio_app["url"].rstrip("/")
+    with open(studio_app["image"], "rb") as handle:
+        uploaded = httpx.post(f"{base}/gradio_api/upload", files={"files": ("input.png", handle, "image/png")})
+    uploaded.raise_for_status()
+    # Control: what a client uploaded comes back, so a refusal below is not a broken route.
+    assert httpx.get(f"{base}/gradio_api/file={uploaded.json()[0]}").status_code == 200
+    secrets = [studio_app["colour"], studio_app["image"], str(Path(app.__file__).resolve()), "/etc/passwd",
+               str(studio_app["root"] / "checkpoints" / ".." / "input.png")]
+    for path in secrets:
+        response = httpx.get(f"{base}/gradio_api/file={path}")
+        assert response.status_code in (403, 404), f"{path} was served ({response.status_code})"
