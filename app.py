@@ -19,6 +19,7 @@ import torch
 from chimle.config import PRESETS
 from chimle.studio.handlers import (CONTROLS_PER_LEVEL, MAX_LEVELS, NUM_DIRECTIONS, Studio, StudioSettings,
                                     find_examples)
+from chimle.studio.memory import release_free_memory_periodically
 from chimle.studio.inputs import StudioBlocks
 from chimle.studio.security import on_spaces, training_policy
 from chimle.studio.session import MAX_SEED
@@ -295,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    # Many users' renders otherwise leave the process holding memory it has freed.
+    release_free_memory_periodically()
     settings = settings_from_args(args)
     demo = build_demo(settings, concurrency=args.concurrency, max_queue=args.max_queue)
     host = args.host or ("0.0.0.0" if on_spaces() else None)

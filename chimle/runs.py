@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, atomic_write_text, naming_path, overwrite_in_place
 
 RUNNING, FINISHED, FAILED, STOPPED = "running", "finished", "failed", "stopped"
 STATES = (RUNNING, FINISHED, FAILED, STOPPED)
@@ -80,10 +80,23 @@ class RunPaths:
 
 def write_status(paths: RunPaths, state: str, step: int, total_steps: int, message: str = "",
                  **extra) -> None:
+    """Replace status.json atomically.
+
+    A failed status must get out even when the disk is full (the usual reason for failing
+    there): the atomic replace needs room for a second copy, so a `failed` record that
+    cannot get it overwrites the existing file in place instead (no new blocks needed).
+    """
     if state not in STATES:
         raise ValueError(f"unknown run state {state!r}")
-    atomic_write_json(paths.status, {"state": state, "message": message, "pid": os.getpid(),
-                                     "step": step, "total_steps": total_steps, "updated": now(), **extra})
+    record = {"state": state, "message": message, "pid": os.getpid(), "step": step, "total_steps": total_steps,
+              "updated": now(), **extra}
+    try:
+        atomic_write_json(paths.status, record)
+    except OSError:
+        if state != FAILED or not paths.status.is_file():
+            raise
+        text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+        overwrite_in_place(paths.status, text.encode("utf-8"))
 
 
 def read_status(paths: RunPaths) -> dict | None:
@@ -122,9 +135,15 @@ def effective_status(paths: RunPaths) -> dict | None:
 
 
 def append_metrics(paths: RunPaths, record: dict) -> None:
-    with open(paths.metrics, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
+    try:
+        with open(paths.metrics, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+    except OSError as error:  # a full disk fails the flush, which names no file
+        named = naming_path(error, paths.metrics)
+        if named is error:
+            raise
+        raise named from error
 
 
 def read_metrics(paths: RunPaths) -> list[dict]:
@@ -145,6 +164,4 @@ def read_metrics(paths: RunPaths) -> list[dict]:
 def truncate_metrics(paths: RunPaths, last_step: int) -> None:
     """Drop lines logged after `last_step`: a resumed run logs those steps again."""
     kept = [r for r in read_metrics(paths) if r.get("step", 0) <= last_step]
-    from .fileio import atomic_write_text
-
     atomic_write_text(paths.metrics, "".join(json.dumps(r) + "\n" for r in kept))

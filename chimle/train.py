@@ -32,7 +32,7 @@ from .codes import LatentCodes
 from .config import PRESETS, dataclass_from_dict, preset
 from .data import (Batch, CropSampler, ImageCorpus, PairedCorpus, describe_split, find_images,
                    find_pairs, split_by_source, validation_batch)
-from .fileio import atomic_write_bytes, atomic_write_json
+from .fileio import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from .images import save_png
 from .loss import imle_loss
 from .model import TowerImplicitModel
@@ -147,6 +147,27 @@ class TrainConfig:
 
 class TrainingFailed(RuntimeError):
     """The run stopped as failed (a non-finite loss, a write error); status.json says why."""
+
+
+def _failed(paths: RunPaths, env: Distributed, step: int, total_steps: int, message: str) -> TrainingFailed:
+    """Record a failure in status.json (rank 0) and return the exception to raise.
+
+    When even the status cannot be written, the message says so: it is then the only
+    report, printed by the CLI, and the studio sees the run's process gone.
+    """
+    if env.is_main:
+        try:
+            write_status(paths, FAILED, step, total_steps, message)
+        except OSError as error:
+            message += f" (status.json could not be updated either: {error.strerror or error})"
+    return TrainingFailed(message)
+
+
+def _write_failure(error: OSError, step: int, saved_step: int) -> str:
+    """What a failed write of the run folder did, for status.json and the CLI."""
+    kept = (f"the checkpoint of step {saved_step} is kept" if saved_step
+            else "no checkpoint had been written yet")
+    return f"could not write {error.filename or 'the run folder'} at step {step}: {error.strerror or error}; {kept}"
 
 
 @dataclass
@@ -332,6 +353,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     search_config = config.search_config()
 
     step, pool_index, elapsed = 0, -1, 0.0
+    saved_step = 0  # the step of the newest complete checkpoint
     pool_codes, pool_distances = None, None
     timing = {"search_seconds": 0.0, "update_seconds": 0.0}
     if resume and paths.train_state.exists():
@@ -339,22 +361,29 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, pool_index, elapsed = state["step"], state["pool_index"], state["elapsed"]
+        saved_step = step
         timing.update(state["timing"])
         if state["pool_codes"] is not None:
             pool_codes = LatentCodes.from_tensors(state["pool_codes"]).to(device)
             pool_distances = state["pool_distances"]
     if env.is_main:
-        paths.root.mkdir(parents=True, exist_ok=True)
-        paths.samples.mkdir(exist_ok=True)
-        paths.checkpoints.mkdir(exist_ok=True)
-        if resume:
-            truncate_metrics(paths, step)
-        else:
-            atomic_write_json(paths.config, {"train": config.to_dict(), "model": model_config.to_dict(),
-                                             "task": task.to_dict(), "data": data.description,
-                                             "code_version": code_version(), "created": now(),
-                                             "world_size": env.world_size, "device": str(device)})
-        write_status(paths, RUNNING, step, config.steps, "resumed" if resume else "started")
+        try:
+            paths.root.mkdir(parents=True, exist_ok=True)
+            paths.samples.mkdir(exist_ok=True)
+            paths.checkpoints.mkdir(exist_ok=True)
+            # Writes cut short by a kill -9 left temporaries; this process owns these folders.
+            remove_stale_temporaries(paths.checkpoints)
+            remove_stale_temporaries(paths.samples)
+            if resume:
+                truncate_metrics(paths, step)
+            else:
+                atomic_write_json(paths.config, {"train": config.to_dict(), "model": model_config.to_dict(),
+                                                 "task": task.to_dict(), "data": data.description,
+                                                 "code_version": code_version(), "created": now(),
+                                                 "world_size": env.world_size, "device": str(device)})
+            write_status(paths, RUNNING, step, config.steps, "resumed" if resume else "started")
+        except OSError as error:
+            raise _failed(paths, env, step, config.steps, _write_failure(error, step, saved_step)) from error
 
     model = net
     if env.world_size > 1:
@@ -446,6 +475,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
                 if env.is_main and (step % config.checkpoint_every == 0 or step == config.steps or stop.requested):
                     _save_training_state(paths, net, task, optimizer, step, pool_index, pool_codes, pool_distances,
                                          config, time.time() - started, timing, data.description)
+                    saved_step = step
                     if step % config.snapshot_every == 0:
                         save_checkpoint(paths.snapshot(step), net, task, {"step": step, "run": str(paths.root)})
                 if _any_rank_stopping(stop.requested, env):
@@ -456,6 +486,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
                         _save_training_state(paths, net, task, optimizer, step, pool_index, pool_codes,
                                              pool_distances, config, time.time() - started, timing,
                                              data.description)
+                        saved_step = step
                     budget_reached = True
                     break
         if final_state == FINISHED and env.is_main:
@@ -465,18 +496,17 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
                                                            "train_seconds": round(time.time() - started, 1)},
                             half=config.half_final)
             message = f"finished {step} steps" + (" (time budget reached)" if budget_reached else "")
+        if env.is_main:
+            write_status(paths, final_state, step, config.steps, message)
     except TrainingFailed as error:
-        if env.is_main:
-            write_status(paths, FAILED, step, config.steps, str(error))
-        raise
+        raise _failed(paths, env, step, config.steps, str(error)) from None
+    except OSError as error:  # a full disk, a vanished folder: name the file, say what is kept
+        raise _failed(paths, env, step, config.steps, _write_failure(error, step, saved_step)) from error
     except Exception as error:
-        if env.is_main:
-            write_status(paths, FAILED, step, config.steps, f"{type(error).__name__}: {error}")
-        raise TrainingFailed(f"training failed at step {step}: {type(error).__name__}: {error}") from error
+        raise _failed(paths, env, step, config.steps,
+                      f"training failed at step {step}: {type(error).__name__}: {error}") from error
     finally:
         bar.close()
-    if env.is_main:
-        write_status(paths, final_state, step, config.steps, message)
     if env.world_size > 1:
         dist.barrier()
     # The digest lets callers (and the multi-process test) compare weights across ranks.

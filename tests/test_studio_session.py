@@ -11,8 +11,9 @@ import torch
 from chimle.ivo import IvOConfig
 from chimle.pipeline import sample_codes
 from chimle.studio.models import ModelCache
-from chimle.studio.session import (MAX_SAMPLES, LevelEdit, StudioError, StudioSession, blend,
-                                   first_changed_level, seeded_level)
+from chimle.studio import session as session_module
+from chimle.studio.session import (MAX_SAMPLES, LevelEdit, RenderCaches, StudioError, StudioSession, blend,
+                                   first_changed_level, render_bytes, seeded_level)
 
 from .studio_helpers import one_torch_thread, photo, pixels, tiny_checkpoint
 
@@ -244,3 +245,30 @@ def test_reference_is_matched_to_the_result_size(models):
     session.set_reference(photo("chelsea", (300, 240)))
     assert session.reference_preview.size == (64, 51)
     assert tuple(session.reference.shape[-2:]) == session.prepared.output_size
+
+
+def test_render_caches_stay_within_budget_and_a_dropped_cache_changes_no_pixel(models, monkeypatch):
+    model = models["colour"]
+
+    def opened(seed: int) -> StudioSession:
+        user = StudioSession()
+        user.set_input(model, photo("astronaut", (64, 64)), 64)
+        user.draw_samples(model, 2, seed=seed)
+        return user
+
+    one_cache = render_bytes(opened(0).cache)
+    caches = RenderCaches(budget_bytes=2 * one_cache + one_cache // 2)  # room for two
+    monkeypatch.setattr(session_module, "RENDER_CACHES", caches)
+    first, second, third = opened(1), opened(2), opened(3)
+    assert first.cache is None  # the least recently used went
+    assert second.cache is not None and third.cache is not None
+    assert caches.total_bytes() == 2 * one_cache
+    edit = LevelEdit(local_seed=5, local_blend=0.6)
+    assert second.edit_level(model, 2, edit).start_level == 2  # still cached: only the last level
+    assert first.edit_level(model, 2, edit).start_level == 0  # dropped: every level again
+    assert third.cache is None and caches.total_bytes() == 2 * one_cache  # now the third went
+
+    monkeypatch.setattr(session_module, "RENDER_CACHES", RenderCaches(budget_bytes=2 ** 40))
+    reference = opened(1)
+    reference.edit_level(model, 2, edit)
+    assert all(torch.equal(a, b) for a, b in zip(first.level_images, reference.level_images))

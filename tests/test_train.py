@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from chimle.checkpoint import load_checkpoint, tensor_digest
-from chimle.runs import RunPaths, effective_status, read_metrics
+from chimle.runs import RunPaths, effective_status, read_metrics, read_status
 from chimle.train import TrainConfig, TrainingFailed, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,12 +146,15 @@ def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           timeout=timeout, env=env)
 
 
-def _train_args(data: Path, out: Path, steps: int) -> list[str]:
+CHECKPOINT_EVERY = 2  # _train_args' --checkpoint-every: the most steps a crash may lose
+
+
+def _train_args(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return ["train", "--task", "jpeg", "--task-params", '{"quality": 10}', "--data", str(data),
             "--preset", "tiny", "--crop-size", "64", "--samples-per-level", "4", "4", "--pool-size", "4",
             "--steps-per-pool", "3", "--batch-size", "2", "--steps", str(steps), "--held-out-fraction", "0",
-            "--checkpoint-every", "2", "--sample-every", "100", "--lr", "0.001", "--max-side", "160",
-            "--out", str(out), "--no-progress"]
+            "--checkpoint-every", str(CHECKPOINT_EVERY), "--sample-every", "100", "--lr", "0.001",
+            "--max-side", "160", "--out", str(out), "--no-progress", *extra]
 
 
 def _wait_for(predicate, timeout: float = 120.0) -> None:
@@ -166,26 +173,121 @@ def _state_step(run: Path) -> int:
         return -1
 
 
-def test_kill_9_mid_run_then_resume_reaches_the_straight_result(photo_folder, tmp_path):
-    # The reference runs the same way as the killed run (a CLI process, one thread), so the
-    # comparison can be bit-exact: thread counts change float summation order.
-    straight = _cli(*_train_args(photo_folder, tmp_path / "straight", 20))
-    assert straight.returncode == 0, straight.stderr
-    run = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "chimle", *_train_args(photo_folder, run, 20)], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+def _temporaries(run: Path) -> list[Path]:
+    """Half-written files (atomic writes' temporaries) anywhere in the run folder."""
+    return sorted(run.rglob(".*.tmp"))
+
+
+def _logged_step(run: Path) -> int:
+    """The newest step the run has reported (metrics.jsonl or status.json)."""
+    paths = RunPaths(run)
+    status = read_status(paths) or {}
+    return max([m["step"] for m in read_metrics(paths)] + [status.get("step", 0)])
+
+
+@dataclass
+class _Kill:
+    """When to kill: once `after_step` steps are logged plus `delay` seconds, or, with
+    `checkpoint_write` k, as soon as the k-th checkpoint write has begun (its temporary exists)."""
+
+    after_step: int = 0
+    delay: float = 0.0
+    checkpoint_write: int = 0
+
+
+def _random_kills(rng: random.Random, count: int, steps: int, step_seconds: float) -> list[_Kill]:
+    """`count` kill moments spread over a run of `steps` steps: one per equal slice of the
+    run, at a random point inside its slice (a step's logging, update or checkpoint)."""
+    kills = []
+    for index in range(count):
+        moment = (index + rng.random()) * (steps - 1) / count  # in steps; the last step left alone
+        kills.append(_Kill(after_step=int(moment), delay=(moment - int(moment)) * step_seconds))
+    return kills
+
+
+def _kill_and_resume(data: Path, run: Path, steps: int, kill: _Kill, straight: dict) -> dict:
+    """Run the CLI trainer, SIGKILL it at `kill`, check what is on disk, resume it to the end.
+
+    Returns what the kill left: the newest logged step, the checkpoint's step, whether a
+    checkpoint write was cut short.
+    """
+    paths = RunPaths(run)
+    process = subprocess.Popen([sys.executable, "-m", "chimle", *_train_args(data, run, steps, "--log-every", "1")],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=dict(os.environ, OMP_NUM_THREADS="1"))
-    _wait_for(lambda: _state_step(run) >= 6)
-    process.kill()
-    process.wait()
-    killed_at = _state_step(run)
-    assert 6 <= killed_at < 20
-    assert effective_status(RunPaths(run))["state"] == "dead"
-    load_checkpoint(RunPaths(run).latest)  # the newest checkpoint always loads
-    result = _cli("train", "--resume", str(run), "--no-progress")
-    assert result.returncode == 0, result.stderr
-    assert_same_weights(weights(run), weights(tmp_path / "straight"))
-    assert json.loads(RunPaths(run).status.read_text())["state"] == "finished"
+    try:
+        if kill.checkpoint_write:
+            # Each write has its own temporary name; poll fast, a tiny write lasts milliseconds.
+            writes: set[str] = set()
+            deadline = time.time() + 300
+            while True:
+                if paths.checkpoints.is_dir():
+                    writes.update(name for name in os.listdir(paths.checkpoints)
+                                  if name.startswith(".train_state.pt.") and name.endswith(".tmp"))
+                if len(writes) >= kill.checkpoint_write or process.poll() is not None or time.time() > deadline:
+                    break
+                time.sleep(0.0002)
+            assert len(writes) == kill.checkpoint_write, "never saw the checkpoint write to kill"
+        else:
+            _wait_for(lambda: process.poll() is not None
+                      or (paths.status.exists() and _logged_step(run) >= kill.after_step), timeout=300)
+            time.sleep(kill.delay)
+        assert process.poll() is None, f"the run ended before the kill ({kill})"
+    finally:
+        process.kill()
+        process.wait()
+
+    # What the kill left: the newest checkpoint always loads, at most one interval is lost.
+    logged = _logged_step(run)
+    cut_short = [p.name for p in _temporaries(run)]
+    checkpoint_step = 0
+    if paths.latest.exists():
+        checkpoint_step = load_checkpoint(paths.latest).metadata["step"]
+        assert _state_step(run) >= checkpoint_step  # the resumable state loads and is not older
+    assert logged - checkpoint_step <= CHECKPOINT_EVERY, (logged, checkpoint_step, kill)
+    assert effective_status(paths)["state"] == "dead"
+
+    resumed = _cli("train", "--resume", str(run), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    status = json.loads(paths.status.read_text())
+    assert status["state"] == "finished" and status["step"] == steps
+    assert [m["step"] for m in read_metrics(paths)] == list(range(1, steps + 1))  # no gap, no repeat
+    assert_same_weights(weights(run), straight)
+    assert _temporaries(run) == []  # the resumed trainer cleared what the kill cut short
+    load_checkpoint(paths.final_model)
+    return {"kill": kill, "logged": logged, "checkpoint_step": checkpoint_step, "cut_short": cut_short}
+
+
+def _straight_run(data: Path, run: Path, steps: int) -> tuple[dict, float]:
+    """The uninterrupted reference run (a CLI process, one thread, like the killed ones, so
+    the comparison can be bit-exact) and its seconds per step."""
+    straight = _cli(*_train_args(data, run, steps, "--log-every", "1"))
+    assert straight.returncode == 0, straight.stderr
+    metrics = read_metrics(RunPaths(run))
+    return weights(run), metrics[-1]["elapsed_seconds"] / steps
+
+
+def test_kill_9_at_a_random_moment_then_resume_reaches_the_straight_result(photo_folder, tmp_path):
+    steps = 12
+    straight, step_seconds = _straight_run(photo_folder, tmp_path / "straight", steps)
+    [kill] = _random_kills(random.Random(7), 1, steps, step_seconds)
+    print(_kill_and_resume(photo_folder, tmp_path / "killed", steps, kill, straight))
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_of_five_runs(photo_folder, tmp_path):
+    steps = 20
+    straight, step_seconds = _straight_run(photo_folder, tmp_path / "straight", steps)
+    rng = random.Random(2024)
+    # Four moments spread over the run, and one cut into a checkpoint write (of a random
+    # one of the run's steps // CHECKPOINT_EVERY writes).
+    kills = _random_kills(rng, 4, steps, step_seconds)
+    kills.append(_Kill(checkpoint_write=rng.randint(1, steps // CHECKPOINT_EVERY - 1)))
+    outcomes = [_kill_and_resume(photo_folder, tmp_path / f"killed-{index}", steps, kill, straight)
+                for index, kill in enumerate(kills)]
+    for outcome in outcomes:
+        print(outcome)
+    assert outcomes[-1]["cut_short"], "the kill meant for a checkpoint write did not land inside one"
 
 
 def test_sigterm_stops_after_the_step_with_a_checkpoint(photo_folder, tmp_path):
@@ -199,6 +301,127 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint(photo_folder, tmp_path):
     status = json.loads(RunPaths(run).status.read_text())
     assert status["state"] == "stopped"
     assert _state_step(run) == status["step"] < 500  # the checkpoint holds the last step done
+
+
+def _tmpfs_problem(tmp_path: Path) -> str | None:
+    """Why a small tmpfs cannot be mounted here (None when it can): the full-disk tests need one."""
+    if shutil.which("unshare") is None:
+        return "util-linux unshare is not installed"
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    tried = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {probe}"],
+                           capture_output=True, text=True, timeout=30)
+    if tried.returncode != 0:
+        return f"cannot mount a tmpfs in a user namespace here: {tried.stderr.strip() or tried.returncode}"
+    return None
+
+
+def _on_small_disk(tmp_path: Path, size: str, script: str, timeout: float = 300) -> tuple[int, str, Path]:
+    """Run `script` (sh) with $DISK a fresh tmpfs of `size`, then copy $DISK/run out.
+
+    The mount lives in a private mount namespace (`unshare -rm`: no root needed where user
+    namespaces are allowed), so only the script sees it. Returns the trainer's exit status
+    (the script writes it to $OUT/rc), its stderr, and the copied run folder.
+    """
+    problem = _tmpfs_problem(tmp_path)
+    if problem:
+        pytest.skip(problem)
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir()
+    out.mkdir()
+    wrapped = (f"set -u\nDISK={disk}\nOUT={out}\nmount -t tmpfs -o size={size} tmpfs $DISK || exit 3\n"
+               f"{textwrap.dedent(script)}\ncp -a $DISK/run $OUT/run\n")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", wrapped], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0 and (out / "rc").exists(), done.stderr
+    return int((out / "rc").read_text()), (out / "stderr").read_text(), out / "run"
+
+
+def _train_command(data: Path, steps: int) -> str:
+    args = _train_args(data, Path("$DISK/run"), steps, "--log-every", "1", "--sample-every", "1000")
+    quoted = " ".join(arg if arg.startswith("$") else "'" + arg + "'" for arg in args)
+    return f"{sys.executable} -m chimle {quoted}"
+
+
+def _assert_failed_for_lack_of_space(rc: int, stderr: str, run: Path) -> dict:
+    """The trainer's report of a full disk, and what it kept: returns the status."""
+    assert rc == 1, stderr
+    assert "Traceback" not in stderr
+    [line] = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "No space left on device" in line and "is kept" in line, line
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and status["message"] in line, status
+    assert status["message"].startswith("could not write ") and f"at step {status['step']}:" in status["message"]
+    paths = RunPaths(run)
+    checkpoint = load_checkpoint(paths.latest)  # the previous checkpoint still loads
+    assert f"the checkpoint of step {checkpoint.metadata['step']} is kept" in status["message"]
+    assert status["step"] - checkpoint.metadata["step"] <= CHECKPOINT_EVERY
+    assert _temporaries(run) == []
+    return status
+
+
+def test_a_full_disk_at_a_checkpoint_fails_the_run_and_keeps_the_previous_one(photo_folder, tmp_path):
+    # Sizes (tiny preset): train_state.pt 0.9 MB, latest.safetensors 0.25 MB, the rest a few
+    # 4 kB pages. The first checkpoint needs ~1.2 MB; the second needs room for a new
+    # train_state.pt beside the old files, ~2.1 MB. 1600k fits the first, not the second.
+    rc, stderr, run = _on_small_disk(tmp_path, "1600k", f"""
+        {_train_command(photo_folder, 8)} 2> $OUT/stderr
+        echo $? > $OUT/rc
+    """)
+    status = _assert_failed_for_lack_of_space(rc, stderr, run)
+    assert status["step"] == 4 and "checkpoints/train_state.pt" in status["message"]
+    assert load_checkpoint(RunPaths(run).latest).metadata["step"] == 2
+    assert _state_step(run) == 2  # the resumable state is the previous one, whole
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_up_mid_run_still_gets_the_failed_status(photo_folder, tmp_path):
+    # Once the first checkpoint exists, a file takes every free byte: now even status.json
+    # cannot be replaced atomically, and the trainer must rewrite it in place.
+    rc, stderr, run = _on_small_disk(tmp_path, "8m", f"""
+        {_train_command(photo_folder, 30)} 2> $OUT/stderr &
+        trainer=$!
+        while [ ! -e $DISK/run/checkpoints/latest.safetensors ] && kill -0 $trainer 2>/dev/null; do sleep 0.05; done
+        dd if=/dev/zero of=$DISK/filler bs=4k 2>/dev/null
+        wait $trainer
+        echo $? > $OUT/rc
+    """)
+    status = _assert_failed_for_lack_of_space(rc, stderr, run)
+    assert status["step"] < 30
+
+
+def test_a_failed_status_gets_out_on_a_disk_with_no_free_byte(tmp_path):
+    # The status alone, without a trainer: a full tmpfs, then write_status as the trainer's
+    # failure path calls it. A running status cannot be written (the atomic replace needs
+    # space); a failed one is rewritten in place and reads back whole.
+    rc, stderr, run = _on_small_disk(tmp_path, "64k", f"""
+        mkdir $DISK/run
+        {sys.executable} - 2> $OUT/stderr <<EOF
+        import sys
+        from chimle.runs import FAILED, RUNNING, RunPaths, write_status
+        paths = RunPaths("$DISK/run")
+        write_status(paths, RUNNING, 3, 10, "training")
+        with open("$DISK/filler", "wb", buffering=0) as filler:
+            try:
+                while True:
+                    filler.write(bytes(4096))
+            except OSError:
+                pass
+        try:
+            write_status(paths, RUNNING, 4, 10, "training")
+        except OSError as error:
+            print("running status refused:", error, file=sys.stderr)
+        else:
+            sys.exit("a running status was written on a full disk")
+        write_status(paths, FAILED, 4, 10, "could not write x: No space left on device; " + "detail " * 40)
+        EOF
+        echo $? > $OUT/rc
+    """, timeout=120)
+    assert rc == 0, stderr
+    assert "running status refused: [Errno 28] No space left on device" in stderr
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and status["step"] == 4 and status["message"].endswith("detail ")
+    assert _temporaries(run) == []
 
 
 def test_cli_errors_are_one_line_with_status_2(photo_folder, tmp_path, capsys):

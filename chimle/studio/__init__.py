@@ -6,4 +6,5 @@ Modules:
     session: one user's state (input, samples, current code, edits) and its operations.
     training: launching, listing, re-attaching to and stopping training processes.
     handlers: Gradio-facing functions (widget values in, widget values out).
+    memory: hands memory that renders freed back to the operating system.
 """

@@ -25,6 +25,8 @@ import math
 import secrets
 import threading
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -47,6 +49,10 @@ from .models import NUM_DIRECTIONS, LoadedModel
 MAX_SAMPLES = 48  # gallery size bound: each sample keeps its code and a thumbnail in memory
 MAX_SEED = 2 ** 32 - 1  # seeds are 0..MAX_SEED (torch's generator refuses numbers past 64 bits)
 RENDER_CHUNK = 4  # samples rendered per forward pass (bounds peak memory for big inputs)
+# All sessions' render caches together (see RenderCaches): three users' at 256x256 with the
+# cpu model. A dropped cache costs little: the edit renders every level, as a level-1 edit
+# does anyway (README: 0.66 s against 0.51 s for level 3).
+RENDER_CACHE_BYTES = 32 * 2 ** 20
 
 
 class StudioError(ValueError):
@@ -159,6 +165,62 @@ def prepare_reference(prepared: PreparedInput, image: Image.Image) -> tuple[torc
     if (out_h, out_w) != (crop_h, crop_w):
         target = F.pad(rgb, (0, out_w - crop_w, 0, out_h - crop_h), mode="replicate")
     return target, tensor_to_pil(rgb)
+
+
+def render_bytes(cached: Render | None) -> int:
+    """Memory held by a render cache's tensors."""
+    if cached is None:
+        return 0
+    return sum(t.numel() * t.element_size() for t in (*cached.outputs, *cached.features, *cached.mapped))
+
+
+class RenderCaches:
+    """Bounds the memory of all sessions' render caches together; least recently used go first.
+
+    A session's cache (every level's features for its current code: 8.7 MB for the cpu
+    model at 256x256) lets its next edit re-render only the edited level and finer ones.
+    Kept for every session it would grow memory with the number of users, and Gradio keeps
+    a closed session's state for an hour: twelve users at 256x256 added 32% to the app's
+    memory. Over `budget_bytes`, the least recently rendered sessions drop their caches;
+    such a session's next render computes all levels and caches again. The result is the
+    same either way, since `_render_current` compares codes instead of trusting a cache.
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self._recent: OrderedDict[int, weakref.ref] = OrderedDict()  # id -> session, oldest first
+        self._lock = threading.Lock()
+
+    def used(self, session: StudioSession) -> None:
+        """`session` has just rendered: make it the most recent, and trim the others to the budget."""
+        with self._lock:
+            self._recent.pop(id(session), None)
+            self._recent[id(session)] = weakref.ref(session)
+            total = 0
+            for key, ref in reversed(list(self._recent.items())):  # newest first
+                other = ref()
+                if other is None:
+                    del self._recent[key]
+                    continue
+                total += render_bytes(other.cache)
+                if total <= self.budget_bytes or other is session:
+                    continue
+                # Never wait for a busy session (it may be waiting for this lock in turn);
+                # busy means in use, so its cache stays.
+                if other.lock.acquire(blocking=False):
+                    try:
+                        total -= render_bytes(other.cache)
+                        other.cache = other.cache_codes = None
+                    finally:
+                        other.lock.release()
+                    del self._recent[key]
+
+    def total_bytes(self) -> int:
+        with self._lock:
+            return sum(render_bytes(session.cache) for ref in self._recent.values() if (session := ref()))
+
+
+RENDER_CACHES = RenderCaches(RENDER_CACHE_BYTES)
 
 
 @dataclass
@@ -429,6 +491,7 @@ class StudioSession:
                                         reuse=self.cache if start > 0 else None, start_level=start)
             self.level_images = [image.clone() for image in images]
             self.cache_codes = self.current
+            RENDER_CACHES.used(self)
         self.last_render = RenderReport(start, time.perf_counter() - tic)
         return self.last_render
 
