@@ -1,0 +1,25 @@
+"""The small report tools under tools/."""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.training_curves import window_means
+
+
+def _record(step: int, searched: float, loss: float) -> dict:
+    return {"step": step, "loss_per_level": [9.0, loss], "search_distance_per_level": [9.0, searched]}
+
+
+def test_window_means_average_the_finest_level_per_window_of_steps():
+    metrics = [_record(10, 0.4, 0.3), _record(20, 0.2, 0.1), _record(30, 0.5, 0.6), {"step": 25, "event": "x"}]
+    means = window_means(metrics, window=20)
+    assert list(means) == [20, 40]  # steps 1-20 and 21-40; records without losses are skipped
+    assert means[20] == pytest.approx((0.3, 0.2))
+    assert means[40] == pytest.approx((0.5, 0.6))
+
+
+def test_a_run_that_searches_nothing_has_no_searched_distance():
+    metrics = [{"step": 5, "loss_per_level": [0.2], "search_distance_per_level": [0.0]},
+               {"step": 6, "loss_per_level": [0.4], "search_distance_per_level": []}]
+    assert window_means(metrics, window=10) == {10: (None, pytest.approx(0.3))}
