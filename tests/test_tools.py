@@ -23,3 +23,15 @@ def test_a_run_that_searches_nothing_has_no_searched_distance():
     metrics = [{"step": 5, "loss_per_level": [0.2], "search_distance_per_level": [0.0]},
                {"step": 6, "loss_per_level": [0.4], "search_distance_per_level": []}]
     assert window_means(metrics, window=10) == {10: (None, pytest.approx(0.3))}
+
+
+def test_a_cards_command_trains_the_shipped_step_count_not_a_time_budget():
+    from chimle.train import TrainConfig
+    from tools.model_card import reproduce_command
+
+    train = TrainConfig(data="data/demo/train", task="jpeg", task_params={"quality": 1}, steps=100000,
+                        time_budget_minutes=22.0, lr=0.001).to_dict()
+    command = reproduce_command(train, steps=265)
+    assert "--steps 265" in command and "--time-budget-minutes" not in command
+    assert "--task jpeg" in command and """--task-params '{"quality": 1}'""" in command
+    assert "--lr 0.001" in command and command.endswith("--out runs/NAME")

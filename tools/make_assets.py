@@ -4,7 +4,9 @@
 
 Only held-out photos with licences that allow redistribution (CC0, CC-BY, public domain)
 are used, never a GPL-licensed one; assets/ATTRIBUTION.md credits each and says what was
-changed. Grey versions serve colourization, heavily compressed JPEGs serve decompression.
+changed. Grey versions serve colourization, heavily compressed JPEGs serve decompression,
+small copies serve x8 super-resolution, and synthetic night versions (the training
+degradation of `synthetic_night_to_day`, seeded) serve the synthetic night-to-day model.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import argparse
 import io
 from pathlib import Path
 
+import torch
 from PIL import Image, ImageOps
 
 from chimle.corpus import read_manifest
 from chimle.fileio import atomic_write_bytes, atomic_write_text
+from chimle.images import pil_to_tensor, tensor_to_pil
+from chimle.tasks import SyntheticNightToDay
 
 EXAMPLES = [  # (corpus key, asset name, kind, author)
     ("lomiri/Picture_0B_by_freespace.jpg", "fig-grey.png", "grey", 'Trevor "Freespace"'),
@@ -24,8 +29,33 @@ EXAMPLES = [  # (corpus key, asset name, kind, author)
     ("lomiri/aitzgorri_by_Aitzol_Berasategi.jpg", "mountain-grey.png", "grey", "Aitzol Berasategi"),
     ("lomiri/seeding_by_Clements_Engelhardt.jpg", "dandelions-jpeg-q5.jpg", "jpeg", "Clemens Engelhardt"),
     ("skimage/chelsea", "cat-jpeg-q5.jpg", "jpeg", "Stefan van der Walt (scikit-image)"),
+    ("lomiri/seeding_by_Clements_Engelhardt.jpg", "dandelions-small-48px.png", "small", "Clemens Engelhardt"),
+    ("lomiri/friends_by_Aitzol_Berasategi.jpg", "dogs-synthetic-night.png", "night", "Aitzol Berasategi"),
 ]
 MAX_SIDE = 384
+SMALL_SIDE = 48  # x8 super-resolution turns it into a 384 px photo
+DESCRIPTIONS = {
+    "grey": "converted to grey",
+    "jpeg": "re-encoded as JPEG quality 5",
+    "small": f"downscaled to {SMALL_SIDE} px (the input of x8 super-resolution)",
+    "night": "darkened by the synthetic night formula of `synthetic_night_to_day` (seed 0)",
+}
+
+
+def degrade(image: Image.Image, kind: str) -> tuple[Image.Image, str]:
+    """The example input of `kind` made from an RGB photo, and its image format."""
+    if kind == "grey":
+        return ImageOps.grayscale(image), "PNG"
+    if kind == "jpeg":
+        return image, "JPEG"
+    if kind == "small":
+        small = image.copy()
+        small.thumbnail((SMALL_SIDE, SMALL_SIDE), Image.LANCZOS)
+        return small, "PNG"
+    if kind == "night":
+        night = SyntheticNightToDay().degrade(pil_to_tensor(image), torch.Generator().manual_seed(0))
+        return tensor_to_pil(night), "PNG"
+    raise ValueError(f"unknown example kind {kind!r}")
 
 
 def main() -> None:
@@ -37,23 +67,20 @@ def main() -> None:
     out = Path(args.out)
     lines = ["# Example inputs", "",
              "Held out from every shipped model's training. Each is a downscaled copy (longer side "
-             f"{MAX_SIDE} px) of the source photo, converted to grey or re-encoded as JPEG quality 5 "
-             "as its name says. Rebuilt by `python -m tools.make_assets`.", "",
-             "| file | source | author | licence |", "|---|---|---|---|"]
+             f"{MAX_SIDE} px) of the source photo, then changed as its row says. Rebuilt by "
+             "`python -m tools.make_assets`.", "",
+             "| file | source | author | licence | changed |", "|---|---|---|---|---|"]
     for key, name, kind, author in EXAMPLES:
         photo = manifest[key]
         if photo["split"] != "held_out" or "GPL" in photo["licence"]:
             raise SystemExit(f"{key} is not a held-out photo that may be committed")
         image = Image.open(Path(args.corpus) / photo["file"]).convert("RGB")
         image.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
+        example, image_format = degrade(image, kind)
         buffer = io.BytesIO()
-        if kind == "grey":
-            ImageOps.grayscale(image).save(buffer, format="PNG")
-        else:
-            image.save(buffer, format="JPEG", quality=5)
+        example.save(buffer, format=image_format, **({"quality": 5} if image_format == "JPEG" else {}))
         atomic_write_bytes(out / name, buffer.getvalue())
-        lines.append(f"| {name} | {photo['origin']} | {author} | "
-                     f"{photo['licence']} |")
+        lines.append(f"| {name} | {photo['origin']} | {author} | {photo['licence']} | {DESCRIPTIONS[kind]} |")
     atomic_write_text(out / "ATTRIBUTION.md", "\n".join(lines) + "\n")
     print(f"wrote {len(EXAMPLES)} examples to {out}")
 

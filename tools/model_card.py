@@ -33,10 +33,17 @@ NO_MODEL_BASELINE = {
 }
 
 
-def reproduce_command(train: dict) -> str:
+def reproduce_command(train: dict, steps: int) -> str:
+    """The `train` command that makes this checkpoint: the run's options, `steps` steps.
+
+    The shipped step replaces the run's `--steps` and `--time-budget-minutes`: a time budget
+    stops at a different step on every machine (and a resumed run may have changed both),
+    while the learning rate is constant and training is seeded, so N steps give this model.
+    """
     from chimle.train import TrainConfig
 
     defaults = TrainConfig().to_dict()
+    train = {**train, "steps": steps, "time_budget_minutes": defaults["time_budget_minutes"]}
     parts = ["python -m chimle train", f"--task {train['task']}"]
     if train["task_params"]:
         parts.append(f"--task-params '{json.dumps(train['task_params'])}'")
@@ -88,7 +95,7 @@ def main() -> None:
         f"{config['device']} ({platform.machine()}, {os.cpu_count()} CPU cores, "
         f"shared with other jobs during this run), {last.get('search_share', 0):.0%} of it in code search",
         f"- Code version: `{config['code_version']}`", "",
-        "## Reproduce", "", "```bash", reproduce_command(train), "```", "",
+        "## Reproduce", "", "```bash", reproduce_command(train, step), "```", "",
         f"## Held-out figures ({report['num_images']} photos, {options['crop_size']} px center crops, "
         f"{options['num_samples']} samples each, seed {options['seed']})", "",
         "| metric | value |", "|---|---|",
