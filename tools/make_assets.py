@@ -29,7 +29,7 @@ EXAMPLES = [  # (corpus key, asset name, kind, author)
     ("lomiri/aitzgorri_by_Aitzol_Berasategi.jpg", "mountain-grey.png", "grey", "Aitzol Berasategi"),
     ("lomiri/seeding_by_Clements_Engelhardt.jpg", "dandelions-jpeg-q5.jpg", "jpeg", "Clemens Engelhardt"),
     ("skimage/chelsea", "cat-jpeg-q5.jpg", "jpeg", "Stefan van der Walt (scikit-image)"),
-    ("lomiri/seeding_by_Clements_Engelhardt.jpg", "dandelions-small-48px.png", "small", "Clemens Engelhardt"),
+    ("skimage/chelsea", "cat-small-48px.png", "small", "Stefan van der Walt (scikit-image)"),
     ("lomiri/friends_by_Aitzol_Berasategi.jpg", "dogs-synthetic-night.png", "night", "Aitzol Berasategi"),
 ]
 MAX_SIDE = 384
