@@ -41,7 +41,9 @@ def test_checkpoint_card_report_and_figure_agree(name):
     assert f"- Trained: {step} steps in " in card and f"--steps {step} " in card
     [report] = json.loads((CHECKPOINTS / f"{name}.eval.json").read_text())["reports"]
     summary = report["summary"]
-    assert summary["best_lpips"] < summary["mean_lpips"] < summary["baseline_lpips"]
+    # Best-of-16 beats the no-model baseline; the mean need not (a colouring of the wrong tint
+    # can be further from the truth than grey).
+    assert summary["best_lpips"] < min(summary["mean_lpips"], summary["baseline_lpips"])
     for label, key in (("best-of-16 LPIPS to the true photo", "best_lpips"),
                        ("LPIPS diversity (mean pairwise, per photo)", "lpips_diversity")):
         assert f"| {label} | {summary[key]:.4f} |" in card, label
