@@ -38,7 +38,8 @@ def reproduce_command(train: dict, steps: int) -> str:
 
     The shipped step replaces the run's `--steps` and `--time-budget-minutes`: a time budget
     stops at a different step on every machine (and a resumed run may have changed both),
-    while the learning rate is constant and training is seeded, so N steps give this model.
+    while the learning rate is constant and training is seeded, so N steps train this model
+    again (bit for bit with the same thread count and hardware: sums change order otherwise).
     """
     from chimle.train import TrainConfig
 
