@@ -109,9 +109,16 @@ PRESETS: dict[str, _Preset] = {
              global_code_dim=8, mapping_width=16, mapping_layers=2),
     ),
     "cpu": _Preset(
-        "trains on two CPU cores in an hour or two (about 1.4 M parameters)",
+        "trains on two CPU cores in an hour or two (about 3.0 M parameters, 12 MB)",
         dict(channels=(64, 48, 32), growth=(32, 24, 16), rrdbs=(2, 2, 1),
              local_code_channels=4, global_code_dim=32, mapping_width=128, mapping_layers=4),
+    ),
+    "gpu": _Preset(
+        "twice the cpu preset's weights, mostly at the coarsest level, where they cost little "
+        "time (about 6.2 M parameters, 25 MB): trains on one GPU in minutes and still renders "
+        "on a CPU at 1.3 times the cpu preset's time",
+        dict(channels=(96, 64, 48), growth=(48, 32, 24), rrdbs=(2, 2, 1),
+             local_code_channels=4, global_code_dim=64, mapping_width=192, mapping_layers=4),
     ),
     "paper": _Preset(
         "the authors' sizes: 4 levels, about 210 M parameters (needs a large GPU)",

@@ -143,7 +143,7 @@ def chosen_distances(net: TowerImplicitModel, task: Task, distance: Distance, x:
 def _select(distances: torch.Tensor, per_image: int) -> torch.Tensor:
     """Index into the candidate list of each image's best candidate (first on ties)."""
     best = distances.view(-1, per_image).argmin(1)
-    return best + torch.arange(best.shape[0]) * per_image
+    return best + torch.arange(best.shape[0], device=best.device) * per_image
 
 
 def chimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: torch.Tensor,
@@ -188,7 +188,7 @@ def chimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: to
                     codes = codes.with_level(level, g, loc)
                 candidate_list.append(codes)
             candidates = LatentCodes.cat(candidate_list)
-            owners = torch.arange(batch).repeat_interleave(per_image)
+            owners = torch.arange(batch, device=x.device).repeat_interleave(per_image)
             upto = last + 1 if config.partial_evaluation else levels
             # With IC every candidate shares its image's chosen coarser levels: render
             # those once per image, not once per candidate.
@@ -224,7 +224,7 @@ def cimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: tor
         targets = level_targets(net, y)
         candidates = LatentCodes.cat([LatentCodes.sample(shape, num_samples, generator, x.device)
                                       for _ in range(batch)])
-        owners = torch.arange(batch).repeat_interleave(num_samples)
+        owners = torch.arange(batch, device=x.device).repeat_interleave(num_samples)
         distances = evaluate_candidates(net, task, distance, x, candidates, owners, targets[-1],
                                         net.num_levels, chunk_size)
         chosen = candidates[_select(distances, num_samples)]

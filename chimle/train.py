@@ -195,8 +195,11 @@ class Distributed:
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """'auto' is CUDA when present, else CPU."""
     if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:  # each rank its own GPU
+        device = torch.device("cuda", local_rank)
+    return device
 
 
 def code_version() -> str:
@@ -277,12 +280,14 @@ def _sample_grid(net: TowerImplicitModel, task: Task, batch: Batch, seed: int, s
 
     size = tuple(batch.y.shape[-2:])
     shape = net.code_shape(size)
+    device = next(net.parameters()).device
     rows = []
     with torch.inference_mode():
         for image in range(batch.y.shape[0]):
-            x = batch.x[image:image + 1].expand(samples, -1, -1, -1)
-            codes = LatentCodes.sample(shape, samples, torch.Generator().manual_seed(seed))
-            outputs = task.to_rgb(x, net(x, codes)[-1])
+            x = batch.x[image:image + 1].expand(samples, -1, -1, -1).to(device)
+            # Drawn on the CPU generator, then moved: the same grid on every device.
+            codes = LatentCodes.sample(shape, samples, torch.Generator().manual_seed(seed)).to(device)
+            outputs = task.to_rgb(x, net(x, codes)[-1]).float().cpu()
             rows += [task.input_preview(batch.x[image:image + 1], size)[0], *outputs, batch.y[image]]
     return make_grid(torch.stack(rows).clamp(-1, 1), nrow=samples + 2, padding=2, pad_value=1.0)
 
@@ -339,6 +344,8 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     """
     paths = RunPaths(run_dir)
     device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and bare `.cuda()` calls use the current device
     env = Distributed.from_environment(device.type)
     if env.world_size > 1 and config.pool_size % env.world_size:
         raise ValueError(f"pool_size {config.pool_size} must divide evenly among {env.world_size} ranks")
@@ -387,7 +394,8 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
 
     model = net
     if env.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(net)
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
     use_amp = config.amp and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
 
@@ -522,7 +530,9 @@ def _any_rank_stopping(requested: bool, env: Distributed) -> bool:
     """All ranks stop together when any one was asked to (torchrun forwards signals to all)."""
     if env.world_size == 1:
         return requested
-    flag = torch.tensor([1.0 if requested else 0.0])
+    # NCCL reduces CUDA tensors only; gloo takes CPU ones.
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([1.0 if requested else 0.0], device=device)
     dist.all_reduce(flag)
     return flag.item() > 0
 

@@ -24,7 +24,14 @@ def test_paper_preset_has_the_authors_size():
     assert net.num_levels == 4
 
 
-@pytest.mark.parametrize("name", ["tiny", "cpu"])
+def test_gpu_preset_fits_the_shipped_size_limit_in_float32():
+    # A checkpoint ships at most 25 MB (issue 4); the gpu preset is sized to stay in float32.
+    net = TowerImplicitModel(preset("gpu", 1, 2))
+    assert 2 * count_parameters(TowerImplicitModel(preset("cpu", 1, 2))) <= count_parameters(net)
+    assert 4 * count_parameters(net) <= 25 * 2 ** 20
+
+
+@pytest.mark.parametrize("name", ["tiny", "cpu", "gpu"])
 @pytest.mark.parametrize("task_name", TASK_NAMES)
 def test_shapes_per_level_for_every_task_and_preset(name, task_name):
     params = {"factor": 2 ** len(PRESETS[name].values["channels"])} if task_name == "super_resolution" else {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tools.training_curves import window_means
 
@@ -35,3 +36,40 @@ def test_a_cards_command_trains_the_shipped_step_count_not_a_time_budget():
     assert "--steps 265" in command and "--time-budget-minutes" not in command
     assert "--task jpeg" in command and """--task-params '{"quality": 1}'""" in command
     assert "--lr 0.001" in command and command.endswith("--out runs/NAME")
+
+
+def test_half_precision_measures_the_rounding_and_converts_to_a_file_that_renders_the_same(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from chimle.checkpoint import load_checkpoint, save_checkpoint
+    from tests.conftest import photo, tiny_model
+    from tools.half_precision import compare, round_to_half
+
+    net, task = tiny_model()
+    # Scale the weights so that float16 rounding moves the pictures measurably.
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.mul_(1.0 + 2.0 ** -12)
+    path = tmp_path / "tiny.safetensors"
+    save_checkpoint(path, net, task, {"step": 7})
+    held_out = tmp_path / "held_out"
+    held_out.mkdir()
+    for name in ("chelsea", "coffee"):
+        pixels = ((photo(name, size=96)[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+        Image.fromarray(pixels).save(held_out / f"{name}.png")
+
+    result = compare(str(path), str(held_out), num_samples=2, crop_size=64, seed=0)
+    assert result["photos"] == 2 and 0 < result["max_level_difference"] <= 255
+    assert 0 < result["mean_level_difference"] < 5 and result["max_lpips"] >= 0
+
+    rounded = round_to_half(load_checkpoint(path).net)
+    subprocess.run([sys.executable, "-m", "tools.half_precision", "--checkpoint", str(path), "--data", str(held_out),
+                    "--num-samples", "1", "--crop-size", "64", "--convert"], check=True, capture_output=True)
+    converted = load_checkpoint(path)
+    assert path.stat().st_size < 0.6 * result["bytes_float32"]
+    assert converted.metadata["step"] == 7
+    for name, tensor in rounded.state_dict().items():
+        assert torch.equal(converted.net.state_dict()[name], tensor), name

@@ -523,3 +523,13 @@ def test_two_gloo_processes_end_with_identical_weights(photo_folder, tmp_path):
     assert state["pool_codes"]["global.0"].shape[0] == 4
     single = train(config, tmp_path / "single", progress=False)
     assert single["weights_digest"] != digest0  # two ranks really split the work
+
+
+def test_a_bare_cuda_device_names_the_ranks_gpu():
+    # torch.cuda.set_device and DDP need an index; no GPU is needed to build the names.
+    from chimle.train import pick_device
+
+    assert pick_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert pick_device("cuda:0", local_rank=1) == torch.device("cuda", 0)
+    assert pick_device("cpu", local_rank=1) == torch.device("cpu")
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

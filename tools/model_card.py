@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--note", default="", help="a paragraph on what the figures mean")
+    parser.add_argument("--hardware", help="what the run trained on (default: this machine, shared with "
+                                           "other jobs); say so when the run came from another machine")
     args = parser.parse_args()
 
     paths = RunPaths(args.run)
@@ -82,6 +84,7 @@ def main() -> None:
     at_step = [m for m in read_metrics(paths) if m["step"] <= step]
     last = at_step[-1] if at_step else {}
     train = config["train"]
+    hardware = args.hardware or f"{platform.machine()}, {os.cpu_count()} CPU cores, shared with other jobs during this run"
     lines = [
         f"# {args.name}", "",
         f"- Task: `{json.dumps(config['task'])}`; preset `{train['preset']}` "
@@ -93,8 +96,7 @@ def main() -> None:
         f"{config['data']['num_held_out']} held-out photos from `{train['validation_data'] or 'a split of the data'}` "
         f"(the demo corpus, `python -m chimle data demo`; split by source photo, see its manifest.json)",
         f"- Trained: {step} steps in {last.get('elapsed_seconds', 0) / 60:.0f} min of wall time on "
-        f"{config['device']} ({platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"shared with other jobs during this run), {last.get('search_share', 0):.0%} of it in code search",
+        f"{config['device']} ({hardware}), {last.get('search_share', 0):.0%} of it in code search",
         f"- Code version: `{config['code_version']}`", "",
         "## Reproduce", "", "```bash", reproduce_command(train, step), "```", "",
         f"## Held-out figures ({report['num_images']} photos, {options['crop_size']} px center crops, "
