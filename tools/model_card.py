@@ -63,6 +63,16 @@ def reproduce_command(train: dict, steps: int) -> str:
     return " \\\n    ".join(p for p in parts if p) + " \\\n    --out runs/NAME"
 
 
+def stored_precision(checkpoint: str) -> str:
+    """How the file stores its floating-point weights, e.g. 'float16'."""
+    from safetensors import safe_open
+
+    names = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+    with safe_open(checkpoint, "pt") as weights:
+        dtypes = {weights.get_slice(key).get_dtype() for key in weights.keys()}
+    return " and ".join(sorted(names[d] for d in dtypes if d in names))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True)
@@ -97,6 +107,8 @@ def main() -> None:
         f"(the demo corpus, `python -m chimle data demo`; split by source photo, see its manifest.json)",
         f"- Trained: {step} steps in {last.get('elapsed_seconds', 0) / 60:.0f} min of wall time on "
         f"{config['device']} ({hardware}), {last.get('search_share', 0):.0%} of it in code search",
+        f"- File: {Path(args.checkpoint).stat().st_size / 1e6:.1f} MB, weights stored in "
+        f"{stored_precision(args.checkpoint)} (loaded as float32)",
         f"- Code version: `{config['code_version']}`", "",
         "## Reproduce", "", "```bash", reproduce_command(train, step), "```", "",
         f"## Held-out figures ({report['num_images']} photos, {options['crop_size']} px center crops, "
