@@ -2,8 +2,9 @@
 # The one prepared GPU run of issue 4 (about nine minutes on one H200), kept for provenance.
 #
 # It trains, side by side on one GPU:
-#   colour-gpu        the larger colourization model (`--preset gpu`), for a fixed time
-#                     (evaluated on the CPU afterwards, as the shipped models are);
+#   colour-gpu        the larger colourization model (`--preset gpu`, batch 16, the default
+#                     learning rate 2e-4, bfloat16 autocast), for a fixed time (evaluated on
+#                     the CPU afterwards, as the shipped models are);
 #   zero-*            the unimodal baselines of the cpu models (every code fixed to zero),
 #                     each for the steps its CHIMLE model's CPU time buys an update-only run;
 #   colour-chimle-long / colour-cimle-long
@@ -17,6 +18,7 @@
 # eval reports and the last sample grid of every run).
 #
 # Usage (repo root, data/demo built, lpips wheel in .whl/): SR_ZERO_STEPS=N bash tools/gpu_run.sh
+# Run on 2026-11-30 with SR_ZERO_STEPS=2812 (1600 super-resolution steps): 449 s in all.
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-out}
@@ -32,7 +34,7 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 common="--data data/demo/train --validation-data data/demo/held_out --no-progress --device cuda"
 small="$common --preset cpu --lr 0.001 --sample-every 500 --samples-per-level 12 6 4 --no-amp"
 
-# -- smoke: both search methods and the zero-code path, a few steps of the tiny preset ------
+# -- smoke: a few steps of the tiny preset with each search method; stop here if CUDA fails ---
 smoke="$common --task colourization --preset tiny --samples-per-level 4 2 --steps 4 --batch-size 2 --pool-size 4 --steps-per-pool 2 --sample-every 2 --checkpoint-every 2 --crop-size 64"
 timeout 180 python3 -m chimle train $smoke --out runs/gpu/smoke-chimle > runs/gpu/smoke-chimle.log 2>&1 &
 timeout 180 python3 -m chimle train $smoke --method cimle --out runs/gpu/smoke-cimle > runs/gpu/smoke-cimle.log 2>&1 &
