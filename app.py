@@ -17,15 +17,16 @@ import gradio as gr
 import torch
 
 from chimle.config import PRESETS
-from chimle.studio.handlers import (CONTROLS_PER_LEVEL, MAX_LEVELS, NUM_DIRECTIONS, Studio, StudioSettings,
-                                    find_examples)
+from chimle.editing import MAX_SEED, NUM_DIRECTIONS
+from chimle.studio.handlers import Downloads, Studio, StudioSettings, find_examples, model_choices
 from chimle.studio.memory import release_free_memory_periodically
 from chimle.studio.inputs import StudioBlocks
 from chimle.studio.security import on_spaces, training_policy
-from chimle.studio.session import MAX_SEED
+from chimle.studio.widgets import ExploreWidgets, LevelWidgets, TrainWidgets
 from chimle.tasks import TASK_NAMES
 
 ROOT = Path(__file__).resolve().parent
+MAX_LEVELS = 4  # level tabs on the page; a model with more levels shows its first four
 
 INTRO = """# CHIMLE Studio
 Conditional hierarchical IMLE: one grey or badly compressed photo, many plausible results.
@@ -84,18 +85,26 @@ def settings_from_args(args: argparse.Namespace) -> StudioSettings:
 
 def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 32) -> gr.Blocks:
     """The whole page, wired to a `Studio` for `settings`, with its queue configured."""
-    studio = Studio(settings)
+    demo, _ = build_studio(settings, concurrency, max_queue)
+    return demo
+
+
+def build_studio(settings: StudioSettings, concurrency: int = 2,
+                 max_queue: int = 32) -> tuple[gr.Blocks, Studio]:
+    """The page and its handlers: `build_demo`, also giving the `Studio` (tests call its handlers)."""
+    downloads = Downloads()
     examples = find_examples(settings.assets)
     # StudioBlocks: malformed API inputs get a message naming the widget (chimle/studio/inputs.py).
     with StudioBlocks(title="CHIMLE Studio") as demo:
-        state = gr.State(None, delete_callback=studio.forget)
+        state = gr.State(None, delete_callback=downloads.forget)
         gr.Markdown(INTRO)
         with gr.Tabs() as tabs:
             with gr.Tab("Explore", id="explore"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=280):
                         with gr.Row():
-                            model = gr.Dropdown(label="Model", choices=studio.model_choices(), scale=4, elem_id="model")
+                            model = gr.Dropdown(label="Model", choices=model_choices(settings), scale=4,
+                                                elem_id="model")
                             refresh_models = gr.Button("↻", size="sm", scale=0, min_width=40)
                         model_info = gr.Markdown()
                         # image_mode=None: the file reaches load_rgb as uploaded, not converted by Gradio.
@@ -130,32 +139,34 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                         with gr.Row():
                             renormalise = gr.Checkbox(value=True, label="Renormalise blends")
                             randomise_unlocked = gr.Button("Re-draw unlocked levels", size="sm")
-                        panels, level_controls, locks, randomise_buttons, reset_buttons = [], [], [], [], []
+                        levels = []
                         with gr.Tabs(selected="level-tab-1"):
                             for level in range(MAX_LEVELS):
                                 with gr.Tab(f"Level {level + 1}", id=f"level-tab-{level + 1}", visible=False,
-                                            elem_id=f"level-{level + 1}") as panel:
+                                            elem_id=f"level-{level + 1}") as level_tab:
                                     with gr.Row():
-                                        randomise_buttons.append(gr.Button("Randomise", size="sm"))
-                                        reset_buttons.append(gr.Button("Reset", size="sm"))
-                                        locks.append(gr.Checkbox(label="Lock", value=False))
+                                        randomise_level = gr.Button("Randomise", size="sm")
+                                        reset_level = gr.Button("Reset", size="sm")
+                                        lock = gr.Checkbox(label="Lock", value=False)
                                     gr.Markdown("**Global code** — the level's overall look")
-                                    controls = [gr.Slider(-3, 3, value=0, step=0.1, label=f"Direction {i + 1}")
-                                                for i in range(NUM_DIRECTIONS)]
+                                    directions = tuple(gr.Slider(-3, 3, value=0, step=0.1, label=f"Direction {i + 1}")
+                                                       for i in range(NUM_DIRECTIONS))
                                     with gr.Row():
-                                        controls.append(gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
-                                                                  label="Global seed", scale=1, min_width=90))
-                                        controls.append(gr.Slider(0, 1, value=0, step=0.05,
-                                                                  label="Blend toward seed", scale=3))
+                                        global_seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
+                                                                label="Global seed", scale=1, min_width=90)
+                                        global_blend = gr.Slider(0, 1, value=0, step=0.05, label="Blend toward seed",
+                                                                 scale=3)
                                     gr.Markdown("**Local code** — texture and placement")
                                     with gr.Row():
-                                        controls.append(gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
-                                                                  label="Local seed", scale=1, min_width=90))
-                                        controls.append(gr.Slider(0, 1, value=0, step=0.05,
-                                                                  label="Blend toward seed", scale=3))
-                                    controls.append(gr.Slider(0, 2, value=1, step=0.05, label="Noise scale"))
-                                panels.append(panel)
-                                level_controls.append(controls)
+                                        local_seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
+                                                               label="Local seed", scale=1, min_width=90)
+                                        local_blend = gr.Slider(0, 1, value=0, step=0.05, label="Blend toward seed",
+                                                                scale=3)
+                                    noise_scale = gr.Slider(0, 2, value=1, step=0.05, label="Noise scale")
+                                levels.append(LevelWidgets(
+                                    tab=level_tab, randomise=randomise_level, reset=reset_level, lock=lock,
+                                    directions=directions, global_seed=global_seed, global_blend=global_blend,
+                                    local_seed=local_seed, local_blend=local_blend, noise_scale=noise_scale))
                 with gr.Row():
                     with gr.Column(scale=3):
                         compare_input = gr.ImageSlider(label="Input ↔ result", format="png", interactive=False,
@@ -176,8 +187,8 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                     save = gr.Button("Save result + code", variant="primary")
                     load_code = gr.UploadButton("Load a saved code (.safetensors)", file_types=[".safetensors"],
                                                 type="filepath")
-                downloads = gr.File(label="Downloads: the result (lossless PNG) and its code", file_count="multiple",
-                                    interactive=False, visible=False)
+                downloads_file = gr.File(label="Downloads: the result (lossless PNG) and its code",
+                                         file_count="multiple", interactive=False, visible=False)
 
             with gr.Tab("Train", id="train"):
                 policy = settings.policy
@@ -220,67 +231,70 @@ def build_demo(settings: StudioSettings, concurrency: int = 2, max_queue: int = 
                 gr.Markdown(ABOUT)
 
         # -- wiring -------------------------------------------------------------------------------
-        editor = [state, result, level_strip, compare_input, compare_truth, status]
-        control_outputs = []
-        for level in range(MAX_LEVELS):
-            control_outputs += [panels[level], *level_controls[level], locks[level]]
-        assert len(control_outputs) == MAX_LEVELS * CONTROLS_PER_LEVEL
+        # Handlers return updates keyed by these widgets; the output lists below only fix the
+        # order in which API clients receive them.
+        explore = ExploreWidgets(state=state, model=model, model_info=model_info, notes=notes, seed=seed,
+                                 gallery=gallery, result=result, level_strip=level_strip, status=status,
+                                 levels=tuple(levels), compare_input=compare_input, compare_truth=compare_truth,
+                                 ivo_status=ivo_status, downloads=downloads_file)
+        train = TrainWidgets(tabs=tabs, data_folder=data_folder, message=train_message, runs_table=runs_table,
+                             run_choice=run_choice, run_status=run_status, loss_plot=loss_plot,
+                             sample_grid=sample_grid, run_log=run_log, stop=stop_training, resume=resume_training,
+                             open_in_explore=open_in_explore)
+        studio = Studio(settings, explore, train, downloads)
+        editor, controls = explore.editor, explore.controls
         render = dict(concurrency_id="render", concurrency_limit=concurrency)
 
         demo.load(studio.load_page, None, [model, model_info], api_name="load_page")
         refresh_models.click(studio.refresh_models, model, model, api_name="refresh_models")
         start_inputs = [state, model, image, reference, max_side, num_samples, seed, randomise_seed]
-        start_outputs = [model_info, notes] + editor + control_outputs + [gallery, seed]
+        start_outputs = [model_info, notes, *editor, *controls, gallery, seed]
         model.change(studio.start, start_inputs, start_outputs, api_name="start", **render)
         image.change(studio.start, start_inputs, start_outputs, api_name="set_input", **render)
         max_side.release(studio.start, start_inputs, start_outputs, api_name="set_max_side", **render)
-        generate.click(studio.generate, [state, num_samples, seed, randomise_seed],
-                       editor + control_outputs + [gallery, seed], api_name="generate", **render)
+        generate.click(studio.generate, [state, num_samples, seed, randomise_seed], [*editor, *controls, gallery, seed],
+                       api_name="generate", **render)
         more.click(studio.more, [state, num_samples], [state, gallery, status], api_name="more", **render)
-        gallery.select(studio.select, state, editor + control_outputs, api_name="select_sample", **render)
+        gallery.select(studio.select, state, [*editor, *controls], api_name="select_sample", **render)
 
-        for level in range(MAX_LEVELS):
+        for level, widgets in enumerate(explore.levels):
             number = level + 1
-            gr.on([control.input for control in level_controls[level]], functools.partial(studio.edit_level, level),
-                  [state, renormalise, *level_controls[level]], editor, api_name=f"edit_level_{number}",
+            gr.on([slider.input for slider in widgets.sliders], functools.partial(studio.edit_level, level),
+                  [state, renormalise, *widgets.sliders], editor, api_name=f"edit_level_{number}",
                   trigger_mode="always_last", show_progress="hidden", **render)
-            level_outputs = editor + control_outputs
-            randomise_buttons[level].click(functools.partial(studio.randomise_level, level), state, level_outputs,
-                                           api_name=f"randomise_level_{number}", **render)
-            reset_buttons[level].click(functools.partial(studio.reset_level, level), state, level_outputs,
-                                       api_name=f"reset_level_{number}", **render)
-            locks[level].input(functools.partial(studio.lock_level, level), [state, locks[level]], [state, status],
+            widgets.randomise.click(functools.partial(studio.randomise_level, level), state, [*editor, *controls],
+                                    api_name=f"randomise_level_{number}", **render)
+            widgets.reset.click(functools.partial(studio.reset_level, level), state, [*editor, *controls],
+                                api_name=f"reset_level_{number}", **render)
+            widgets.lock.input(functools.partial(studio.lock_level, level), [state, widgets.lock], [state, status],
                                api_name=f"lock_level_{number}")
-        randomise_unlocked.click(studio.randomise_unlocked, state, editor + control_outputs,
+        randomise_unlocked.click(studio.randomise_unlocked, state, [*editor, *controls],
                                  api_name="randomise_unlocked", **render)
 
         reference.change(studio.set_reference, [state, reference], editor, api_name="set_reference", **render)
-        save.click(studio.save, state, [downloads, status], api_name="save", **render)
-        load_code.upload(studio.load_code, [state, load_code], editor + control_outputs + [gallery],
-                         api_name="load_code", **render)
+        save.click(studio.save, state, [downloads_file, status], api_name="save", **render)
+        load_code.upload(studio.load_code, [state, load_code], [*editor, *controls, gallery], api_name="load_code",
+                         **render)
         # One reconstruction at a time across users: it is the heaviest job (gradients through the model).
-        ivo_event = reconstruct.click(studio.reconstruct, [state, ivo_steps, ivo_lr],
-                                      [ivo_status] + editor + control_outputs, api_name="reconstruct",
-                                      concurrency_id="ivo", concurrency_limit=1)
+        ivo_event = reconstruct.click(studio.reconstruct, [state, ivo_steps, ivo_lr], [ivo_status, *editor, *controls],
+                                      api_name="reconstruct", concurrency_id="ivo", concurrency_limit=1)
         stop_reconstruct.click(None, None, None, cancels=[ivo_event])
 
-        run_outputs = [runs_table, run_choice, run_status, loss_plot, sample_grid, run_log,
-                       stop_training, resume_training, open_in_explore]
         quick = dict(concurrency_id="runs", concurrency_limit=None, show_progress="hidden")
         demo.load(studio.training_form, None, [data_folder], api_name="training_form")
-        demo.load(studio.refresh_runs, run_choice, run_outputs, api_name="refresh_runs", **quick)
-        timer.tick(studio.refresh_runs, run_choice, run_outputs, api_visibility="private", **quick)
-        run_choice.input(studio.refresh_runs, run_choice, run_outputs, api_visibility="private", **quick)
+        demo.load(studio.refresh_runs, run_choice, train.run, api_name="refresh_runs", **quick)
+        timer.tick(studio.refresh_runs, run_choice, train.run, api_visibility="private", **quick)
+        run_choice.input(studio.refresh_runs, run_choice, train.run, api_visibility="private", **quick)
         start_training.click(studio.start_training, [task, preset, steps, run_name, data_folder, archive, extra_flags],
-                             [train_message] + run_outputs, api_name="start_training", **quick)
-        stop_training.click(studio.stop_training, run_choice, [train_message] + run_outputs,
+                             [train_message, *train.run], api_name="start_training", **quick)
+        stop_training.click(studio.stop_training, run_choice, [train_message, *train.run],
                             api_name="stop_training", **quick)
-        resume_training.click(studio.resume_training, [run_choice, resume_steps], [train_message] + run_outputs,
+        resume_training.click(studio.resume_training, [run_choice, resume_steps], [train_message, *train.run],
                               api_name="resume_training", **quick)
         open_in_explore.click(studio.open_in_explore, run_choice, [model, tabs], api_name="open_in_explore", **quick)
 
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency)
-    return demo
+    return demo, studio
 
 
 def launch_options(settings: StudioSettings) -> dict:

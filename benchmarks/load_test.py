@@ -6,7 +6,7 @@ Launches `python app.py` (its own process, so its memory is the server's alone),
    rounds of sample grid (/generate) + slider edit (/edit_level_N) + save (/save) +
    download (HTTP GET of the saved PNG and code). Every round is checked: the seed comes
    back, the downloaded code is exactly the one this user's seed and slider values give
-   (`LatentCodes.sample` and `session.edited_level`, computed here), and the downloaded PNG
+   (`LatentCodes.sample` and `chimle.editing.apply_edits`, computed here), and the downloaded PNG
    has the pixels of the image this user's edit returned. Another user's code or picture
    would fail the check, so per-user state cannot leak unnoticed.
 2. memory: the app's resident memory (/proc/PID/status) after a warm-up user, its peak
@@ -48,8 +48,8 @@ sys.path.insert(0, str(REPO))
 
 from chimle.checkpoint import CheckpointError, load_codes  # noqa: E402
 from chimle.codes import LatentCodes  # noqa: E402
+from chimle.editing import LevelEdit, apply_edits  # noqa: E402
 from chimle.studio.models import MODELS, LoadedModel  # noqa: E402
-from chimle.studio.session import LevelEdit, edited_level  # noqa: E402
 
 KINDS = ("start", "generate", "edit", "save", "download")
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "colourization-cpu.safetensors"
@@ -245,7 +245,7 @@ def play_round(client, user: int, round_index: int, plan: Plan, model: LoadedMod
         except CheckpointError as error:
             raise AssertionError(f"the downloaded code does not load: {error}") from None
     base = LatentCodes.sample(saved.shape, plan.samples, torch.Generator().manual_seed(seed))[0]
-    expected = base.with_level(level, *edited_level(model, base, level, edit, renormalise=True))
+    expected = apply_edits(base, {level: edit}, model.directions, renormalise=True)
     if not saved.equal(expected):
         raise AssertionError(f"user {user} round {round_index}: the downloaded code is not the one asked for")
     if not np.array_equal(_pixels(png), _pixels(_fetch(result_url))):

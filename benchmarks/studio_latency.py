@@ -22,9 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from chimle.editing import LevelEdit  # noqa: E402
 from chimle.images import load_rgb  # noqa: E402
 from chimle.studio.models import MODELS  # noqa: E402
-from chimle.studio.session import LevelEdit, StudioSession  # noqa: E402
+from chimle.studio.session import StudioSession  # noqa: E402
 
 
 def _free_port() -> int:

@@ -27,8 +27,10 @@ TRAIN_HELP = {
     "data": "folder of photos (searched recursively); input/ and target/ subfolders for paired tasks",
     "validation_data": "folder of held-out photos for sample grids (then all of --data trains)",
     "preset": "model size",
+    "semantic_prior": "frozen AlexNet features of the input at every level: the preset's choice, alexnet or none",
+    "init_from": "start from this model file's weights (not its optimiser); a shipped model keeps improving",
     "method": "code search: chimle (hierarchical) or cimle",
-    "samples_per_level": "CHIMLE candidates per level, coarse to fine",
+    "samples_per_level": "CHIMLE candidates per level, coarse to fine (default: 12 6 4..., one per level)",
     "cimle_samples": "cIMLE samples per search (default: the sum of --samples-per-level, equal cost)",
     "iterative_construction": "CHIMLE ablation switch (IC)",
     "partial_evaluation": "CHIMLE ablation switch (PE)",
@@ -65,13 +67,15 @@ class CommandError(Exception):
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     from .config import PRESETS
     from .tasks import TASK_NAMES
-    from .train import METHODS, TrainConfig
+    from .train import METHODS, SEMANTIC_PRIORS, TrainConfig
 
-    choices = {"task": TASK_NAMES, "preset": tuple(PRESETS), "method": METHODS, "lpips_net": ("alex", "vgg")}
+    choices = {"task": TASK_NAMES, "preset": tuple(PRESETS), "method": METHODS, "lpips_net": ("alex", "vgg"),
+               "semantic_prior": SEMANTIC_PRIORS}
     for item in dataclasses.fields(TrainConfig):
         default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
         flag = "--" + item.name.replace("_", "-")
-        kwargs = {"default": None, "help": f"{TRAIN_HELP[item.name]} (default: {default})"}
+        text = TRAIN_HELP[item.name]
+        kwargs = {"default": None, "help": text if "default:" in text else f"{text} (default: {default})"}
         if item.name in choices:
             kwargs["choices"] = choices[item.name]
         if isinstance(default, bool):
@@ -131,17 +135,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_eval(commands)
 
-    data = commands.add_parser("data", help="build the demo training corpus from offline photos")
-    data.add_argument("corpus", choices=["demo"], help="which corpus")
-    data.add_argument("--out", default="data/demo", help="folder to write (train/, held_out/, manifest.json)")
-    data.add_argument("--max-side", type=int, default=768, help="photos are stored downscaled to this side")
+    data = commands.add_parser(
+        "data", help="build a training corpus: demo (offline photos) or photos (demo + shared + your folders)")
+    data.add_argument("corpus", choices=["demo", "photos"], help="which corpus")
+    data.add_argument("--out", help="folder to write (train/, held_out/, manifest.json); "
+                                    "default data/<corpus>")
+    data.add_argument("--max-side", type=int, help="photos are stored downscaled to this side "
+                                                   "(default 768 for demo, 512 for photos)")
+    data.add_argument("--shared-data", help="photos: the folder with train/ and test/ "
+                                            "(default ../shared/data beside the repository)")
+    data.add_argument("--folder", action="append", default=[],
+                      help="photos: also take the photos under this folder (repeatable)")
+    data.add_argument("--workers", type=int, default=2, help="photos: processes decoding photos")
     return parser
 
 
 def _data(args: argparse.Namespace) -> int:
+    args.out = args.out or f"data/{args.corpus}"
+    if args.corpus == "photos":
+        from .photo_corpus import DEFAULT_SHARED_DATA, build_photo_corpus, summary
+
+        manifest = build_photo_corpus(
+            args.out, shared_data=args.shared_data or DEFAULT_SHARED_DATA, folders=args.folder,
+            max_side=args.max_side or 512, workers=args.workers,
+            progress=lambda done, total: print(f"  {done}/{total} photos", file=sys.stderr))
+        print(summary(manifest))
+        print(f"wrote {args.out} (manifest.json records every photo, its terms and split)")
+        return 0
     from .corpus import build_demo_corpus
 
-    manifest = build_demo_corpus(args.out, args.max_side)
+    manifest = build_demo_corpus(args.out, args.max_side or 768)
     for problem in manifest["missing"]:
         print(f"missing: {problem}", file=sys.stderr)
     print(f"wrote {manifest['num_train']} training and {manifest['num_held_out']} held-out photos "

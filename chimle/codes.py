@@ -1,4 +1,4 @@
-"""Hierarchical latent codes: per level, a global vector and a local map (DESIGN.md 3-4).
+"""Hierarchical latent codes: per level, a global vector and a local map (docs/method.md#code-division).
 
 Code division (CD) is what makes CHIMLE's search cheap: the code of a batch is split into
 one component per resolution level, and each component has two parts the user can steer

@@ -4,8 +4,10 @@ A `ModelConfig` is written into every checkpoint, so a model can be rebuilt from
 alone. Presets:
 
 - ``tiny``: a few channels, for tests (a 64x64 forward pass in milliseconds).
-- ``cpu``: trains usefully on two CPU cores in one to two hours (DESIGN.md section 7).
-- ``paper``: the authors' sizes (DESIGN.md section 4), about 210 M parameters.
+- ``cpu``: trains usefully on two CPU cores in one to two hours.
+- ``paper``: the authors' sizes, about 210 M parameters.
+
+Why these sizes, and how they compare with the authors': docs/method.md#model-sizes-and-presets.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class ModelConfig:
         global_code_dim: length of each level's global code vector.
         mapping_width: width of the mapping networks (the global stream).
         mapping_layers: depth of each mapping network.
+        semantic_encoder: "alexnet" feeds every level features of a frozen ImageNet
+            AlexNet of the input (`chimle.semantic`); "" (the paper's model) does not.
+        semantic_channels: channels of each level's semantic map.
+        semantic_scale: the encoder sees the input at this many times the output size.
     """
 
     in_channels: int = 3
@@ -47,6 +53,9 @@ class ModelConfig:
     global_code_dim: int = 32
     mapping_width: int = 64
     mapping_layers: int = 4
+    semantic_encoder: str = ""
+    semantic_channels: int = 32
+    semantic_scale: int = 2
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; normalise so equality still holds.
@@ -70,13 +79,18 @@ class ModelConfig:
         positive = {
             "in_channels": self.in_channels, "out_channels": self.out_channels,
             "mapping_width": self.mapping_width, "mapping_layers": self.mapping_layers,
-            "global_code_dim": self.global_code_dim,
+            "global_code_dim": self.global_code_dim, "semantic_channels": self.semantic_channels,
+            "semantic_scale": self.semantic_scale,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.local_code_channels, int) or self.local_code_channels < 0:
             raise ValueError(f"local_code_channels must be >= 0, got {self.local_code_channels!r}")
+        from .semantic import ENCODERS
+
+        if self.semantic_encoder not in ENCODERS:
+            raise ValueError(f"semantic_encoder must be one of {ENCODERS}, got {self.semantic_encoder!r}")
         for name in ("channels", "growth"):
             for level, value in enumerate(getattr(self, name), start=1):
                 if not isinstance(value, int) or value < 1:
@@ -109,16 +123,19 @@ PRESETS: dict[str, _Preset] = {
              global_code_dim=8, mapping_width=16, mapping_layers=2),
     ),
     "cpu": _Preset(
-        "trains on two CPU cores in an hour or two (about 3.0 M parameters, 12 MB)",
+        "trains on two CPU cores in an hour or two (about 3.1 M parameters, 6 MB in float16), "
+        "with the frozen AlexNet semantic prior",
         dict(channels=(64, 48, 32), growth=(32, 24, 16), rrdbs=(2, 2, 1),
-             local_code_channels=4, global_code_dim=32, mapping_width=128, mapping_layers=4),
+             local_code_channels=4, global_code_dim=32, mapping_width=128, mapping_layers=4,
+             semantic_encoder="alexnet"),
     ),
     "gpu": _Preset(
         "twice the cpu preset's weights, mostly at the coarsest level, where they cost little "
         "time (about 6.2 M parameters, 25 MB): trains on one GPU in minutes and still renders "
         "on a CPU at 1.4-1.7 times the cpu preset's time",
         dict(channels=(96, 64, 48), growth=(48, 32, 24), rrdbs=(2, 2, 1),
-             local_code_channels=4, global_code_dim=64, mapping_width=192, mapping_layers=4),
+             local_code_channels=4, global_code_dim=64, mapping_width=192, mapping_layers=4,
+             semantic_encoder="alexnet"),
     ),
     "paper": _Preset(
         "the authors' sizes: 4 levels, about 210 M parameters (needs a large GPU)",

@@ -1,6 +1,6 @@
 """The demo corpus: real photos that install offline, split by source photograph.
 
-Sources (DESIGN.md section 7), and only these:
+Sources (docs/method.md#training-data), and only these:
 - scikit-image's colour sample photographs (public domain / CC0, shipped with the package);
 - the Debian packages lomiri-wallpapers-16.04 and -20.04 (photos, CC-BY-4.0, CC-BY-SA-4.0,
   CC0), in /usr/share/backgrounds;

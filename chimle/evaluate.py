@@ -3,7 +3,7 @@
 `evaluate_checkpoint` is the library entry point (the tests and benchmarks call it);
 `register` and `run` make it the `python -m chimle eval` command. Per held-out photo
 (a center crop, `chimle.data.validation_batch`) the model draws `num_samples` outputs
-from seeded codes, and the report gives, per photo and averaged (DESIGN.md section 6):
+from seeded codes, and the report gives, per photo and averaged (docs/method.md#metrics):
 
 - LPIPS diversity of the samples, and their faithfulness-weighted variance (FwV, sigma);
 - best-of-K and mean LPIPS to the true photo, PSNR of the best (by LPIPS) sample;
@@ -32,11 +32,11 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint
 from .codes import LatentCodes
-from .data import DEFAULT_MAX_SIDE, Batch, ImageCorpus, PairedCorpus, validation_batch
+from .data import DEFAULT_MAX_SIDE, Batch, ImageCorpus, PairedCorpus, validation_batch, whole_photos
 from .fileio import atomic_write_json, atomic_write_text
 from .inception import INCEPTION_INSTALL_HINT, InceptionWeightsError, load_inception_features
 from .ivo import IvOConfig
-from .metrics import (DEFAULT_IVO_THRESHOLD, best_and_mean_lpips, faithfulness_weighted_variance,
+from .metrics import (DEFAULT_IVO_THRESHOLD, best_and_mean_lpips, colourfulness, faithfulness_weighted_variance,
                       fid_kid, ivo_error, lpips_diversity, prd_scores, psnr)
 from .perceptual import MIN_IMAGE_SIZE, load_perceptual_distance
 from .pipeline import PreparedInput, render
@@ -48,7 +48,7 @@ FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 
 # Averaged over photos into the summary; in this order in the per-image entries.
 PER_IMAGE_METRICS = ("baseline_lpips", "lpips_diversity", "fwv", "best_lpips", "mean_lpips", "best_psnr",
-                     "ivo_mse", "ivo_lpips")
+                     "colourfulness", "true_colourfulness", "ivo_mse", "ivo_lpips")
 # Computed over all photos at once from features; None when there are no features.
 FEATURE_METRICS = ("fid", "kid_mean", "kid_std", "kid_subset_size", "prd_f8", "prd_f1_8",
                    "prd_num_clusters")
@@ -59,12 +59,15 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _held_out_batch(task, data_dir: str | os.PathLike, crop_size: int, max_images: int | None,
-                    seed: int) -> tuple[Batch, list[str]]:
-    """Center crops of the first photos of `data_dir`, and their files relative to it."""
-    # Photos are kept at the training default size (crops then show the same scale as in
-    # training), but never smaller than a crop.
-    max_side = max(DEFAULT_MAX_SIDE, crop_size)
+def _held_out_photos(task, data_dir: str | os.PathLike, crop_size: int | None, max_images: int | None,
+                     seed: int, max_side: int, multiple: int) -> tuple[list[Batch], list[str]]:
+    """One Batch per photo of `data_dir` (a center crop, or the whole photo when crop_size
+    is None, cropped to a multiple of `multiple`), and the files relative to `data_dir`.
+
+    Photos are first downscaled to `max_side` (0: kept at their own size, as published
+    benchmark figures on Kodak24 and LIVE1 are), but never below a crop.
+    """
+    max_side = max(max_side or 10 ** 6, crop_size or 0)
     if task.paired:
         corpus = PairedCorpus.from_folder(data_dir, max_side)
         files = [target for _, target in corpus.pairs]
@@ -72,11 +75,14 @@ def _held_out_batch(task, data_dir: str | os.PathLike, crop_size: int, max_image
         corpus = ImageCorpus.from_folder(data_dir, max_side)
         files = corpus.paths
     count = len(corpus) if max_images is None else min(max_images, len(corpus))
+    names = [os.path.relpath(path, data_dir) for path in files[:count]]
+    if crop_size is None:
+        return whole_photos(corpus, multiple, task, seed)[:count], names
     batch = validation_batch(corpus, crop_size, task, count, seed)
-    return batch, [os.path.relpath(path, data_dir) for path in files[:count]]
+    return [Batch(batch.x[i:i + 1], batch.y[i:i + 1]) for i in range(count)], names
 
 
-def _output_size(net, task, x: torch.Tensor, crop_size: int, lpips_net: str) -> tuple[int, int]:
+def _output_size(net, task, x: torch.Tensor, crop_size: int | None, lpips_net: str) -> tuple[int, int]:
     """The model's output size for inputs x; a ValueError naming the crop size if it cannot work."""
     output_size = task.output_size(tuple(x.shape[-2:]), net.num_levels)
     try:
@@ -87,7 +93,7 @@ def _output_size(net, task, x: torch.Tensor, crop_size: int, lpips_net: str) -> 
     coarsest = min(task.level_output_sizes(tuple(x.shape[-2:]), net.num_levels)[0])
     needed = MIN_IMAGE_SIZE[lpips_net]
     if coarsest < needed:
-        factor = crop_size // coarsest
+        factor = min(output_size) // coarsest
         raise ValueError(f"crop size {crop_size} is too small for this {net.num_levels}-level model: "
                          f"its coarsest level is {coarsest} px and LPIPS-{lpips_net} needs {needed}; "
                          f"use a crop size of at least {needed * factor}")
@@ -155,6 +161,8 @@ def _sample_metrics(samples: torch.Tensor, observed: torch.Tensor, distance, sig
         "best_lpips": closeness.best,
         "mean_lpips": closeness.mean,
         "best_psnr": _finite_or_none(float(psnr(best, observed)[0])),
+        "colourfulness": float(colourfulness(samples).mean()),
+        "true_colourfulness": float(colourfulness(observed)[0]),
     }
 
 
@@ -169,8 +177,9 @@ def _summary(per_image: list[dict[str, Any]], sigma: float) -> dict[str, Any]:
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, num_samples: int = 10,
-                        crop_size: int = 256, ivo_steps: int = 100, sigma: float = 0.1, seed: int = 0,
+                        crop_size: int | None = 256, ivo_steps: int = 100, sigma: float = 0.1, seed: int = 0,
                         max_images: int | None = None, progress: bool = True, *,
+                        max_side: int = DEFAULT_MAX_SIDE,
                         ivo_threshold: float = DEFAULT_IVO_THRESHOLD, ivo_init_samples: int = 16,
                         lpips_net: str = "alex", device: str = "cpu",
                         feature_extractor: FeatureExtractor | None = None) -> dict[str, Any]:
@@ -181,6 +190,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
         data_dir: held-out photos; for paired tasks, a folder with input/ and target/.
         num_samples: K, samples per photo (>= 2 for diversity).
         crop_size: side of the center crops; a multiple of 2^levels, at least 32 (LPIPS).
+            None: whole photos, cropped to a multiple of 2^levels.
+        max_side: photos are downscaled to this longer side first; 0 keeps their own size.
         ivo_steps: IvO optimisation steps per photo (0: the best of `ivo_init_samples`).
         sigma: FwV kernel width, in LPIPS units.
         seed: seeds the codes, the degradations, IvO's start and KID/PRD's draws.
@@ -201,9 +212,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     started = time.monotonic()
     loaded = load_checkpoint(checkpoint, device=device)
     net, task = loaded.net, loaded.task
-    batch, names = _held_out_batch(task, data_dir, crop_size, max_images, seed)
+    photos, names = _held_out_photos(task, data_dir, crop_size, max_images, seed, max_side,
+                                     2 ** net.num_levels)
     distance = load_perceptual_distance(lpips_net, device)
-    output_size = _output_size(net, task, batch.x, crop_size, lpips_net)
     notes: list[str] = []
     features = feature_extractor if feature_extractor is not None else _load_features(device, notes)
     if num_samples < 2:
@@ -215,7 +226,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     ivo_config = IvOConfig(steps=ivo_steps, init_samples=ivo_init_samples)
     per_image, real_features, fake_features = [], [], []
     for index in tqdm(range(len(names)), desc=f"eval {Path(checkpoint).name}", disable=not progress):
-        x, y = batch.x[index:index + 1].to(device), batch.y[index:index + 1].to(device)
+        x, y = photos[index].x.to(device), photos[index].y.to(device)
+        output_size = _output_size(net, task, x, crop_size, lpips_net)
         samples = _sample(loaded, x, output_size, num_samples, code_generator)  # (K, 3, H, W)
         ivo = ivo_error(net, task, distance, x, y, ivo_config, ivo_threshold, ivo_generator)
         # The no-model baseline: the grey photo, the decoded JPEG, the bicubic upscale.
@@ -239,6 +251,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
         "task": task.to_dict(),
         "checkpoint_metadata": loaded.metadata,
         "options": {"data": str(data_dir), "num_samples": num_samples, "crop_size": crop_size,
+                    "max_side": max_side,
                     "ivo_steps": ivo_steps, "ivo_init_samples": ivo_init_samples,
                     "ivo_threshold": ivo_threshold, "sigma": float(sigma), "seed": seed,
                     "max_images": max_images, "lpips_net": lpips_net, "device": str(device),
@@ -290,11 +303,18 @@ def markdown_table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _photos_phrase(options: dict[str, Any]) -> str:
+    """'256 px center crops' or 'whole photos', and at what size the photos were taken."""
+    what = f"{options['crop_size']} px center crops" if options["crop_size"] else "whole photos"
+    max_side = options.get("max_side", DEFAULT_MAX_SIDE)
+    return what + (" at their own size" if max_side == 0 else f" (photos fitted to {max_side} px)")
+
+
 def _markdown_document(reports: list[dict[str, Any]]) -> str:
     """The table, the options shared by all rows, and every distinct note."""
     options = reports[0]["options"]
     lines = [markdown_table(reports),
-             f"Options: {options['num_samples']} samples per photo, {options['crop_size']} px center crops "
+             f"Options: {options['num_samples']} samples per photo, {_photos_phrase(options)} "
              f"of {options['data']}, FwV sigma {options['sigma']}, IvO {options['ivo_steps']} steps "
              f"(converged: MSE < {options['ivo_threshold']}), seed {options['seed']}.", ""]
     notes = list(dict.fromkeys(note for report in reports for note in report["notes"]))
@@ -316,7 +336,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="held-out photos (input/ and target/ subfolders for paired tasks)")
     parser.add_argument("--num-samples", type=int, default=10, help="samples per photo")
-    parser.add_argument("--crop-size", type=int, default=256, help="side of the center crops")
+    parser.add_argument("--crop-size", type=int, default=256, help="side of the center crops; 0: whole photos")
+    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                        help="downscale photos to this longer side first; 0: their own size (benchmarks)")
     parser.add_argument("--ivo-steps", type=int, default=100, help="IvO steps per photo")
     parser.add_argument("--ivo-init-samples", type=int, default=16,
                         help="IvO starts from the best of this many random codes")
@@ -336,7 +358,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Evaluate every --checkpoint, write --out / --markdown, print the table; 0 on success."""
     reports = [evaluate_checkpoint(
-        path, args.data, num_samples=args.num_samples, crop_size=args.crop_size,
+        path, args.data, num_samples=args.num_samples, crop_size=args.crop_size or None, max_side=args.max_side,
         ivo_steps=args.ivo_steps, sigma=args.sigma, seed=args.seed, max_images=args.max_images,
         progress=not args.no_progress, ivo_threshold=args.ivo_threshold,
         ivo_init_samples=args.ivo_init_samples, lpips_net=args.lpips_net,

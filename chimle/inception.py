@@ -1,4 +1,4 @@
-"""The TF-FID Inception-v3 feature extractor (pool3, 2048-d), offline (DESIGN.md 6-7).
+"""The TF-FID Inception-v3 feature extractor (pool3, 2048-d), offline (docs/method.md#fid-and-kid).
 
 FID and KID are only comparable with published numbers when they use the network of the
 original TensorFlow implementation (TTUR's `inception-2015-12-05`), not torchvision's

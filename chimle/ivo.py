@@ -1,4 +1,4 @@
-"""Inference via optimisation (IvO, DESIGN.md section 5).
+"""Inference via optimisation (IvO, docs/method.md#inference-via-optimisation).
 
 Keep the weights fixed and optimise the latent code so that T(x, z) matches a given
 target. A model that covers the target's mode reconstructs it almost exactly, so the

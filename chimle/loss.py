@@ -1,4 +1,4 @@
-"""The IMLE training loss with intermediate supervision (DESIGN.md section 3).
+"""The IMLE training loss with intermediate supervision (docs/method.md#training).
 
 Every level's output is compared with the observed image downsampled to that level, so
 each partial output the search relies on is itself trained to be meaningful.

@@ -1,4 +1,4 @@
-"""Evaluation metrics of the paper's tables (DESIGN.md section 6), as pure functions.
+"""Evaluation metrics of the paper's tables (docs/method.md#metrics), as pure functions.
 
 Everything here takes tensors (images in [-1, 1], or feature matrices) and a distance
 callable, and returns numbers; reading photos, running the model and printing belong to
@@ -186,7 +186,7 @@ class WeightedVariance:
 
 def faithfulness_weighted_variance(samples: torch.Tensor, observed: torch.Tensor,
                                    distance: Distance, sigma: float) -> WeightedVariance:
-    """Diversity that only counts samples faithful to the observed image (DESIGN.md 6).
+    """Diversity that only counts samples faithful to the observed image (docs/method.md#diversity).
 
     FwV = 1/K * sum_k d(s_k, s_mean) * exp(-d(s_k, y) / sigma), where s_mean is the
     pixel-wise mean of the K samples and y the observed image. Higher is better: samples
@@ -254,6 +254,28 @@ def psnr(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
                          f"{tuple(images.shape)} and {tuple(targets.shape)}")
     mse = (to_unit_range(images.double()) - to_unit_range(targets.double())).pow(2).mean((1, 2, 3))
     return (10 * torch.log10(1 / mse)).float()
+
+
+def colourfulness(images: torch.Tensor) -> torch.Tensor:
+    """Hasler and Suesstrunk's colourfulness M of each RGB image (2003, "Measuring
+    colourfulness in natural images"): about 0 for grey, 15 "slightly", 33 "moderately",
+    59 "quite", 82 "highly" colourful.
+
+    M = sqrt(std(rg)^2 + std(yb)^2) + 0.3 sqrt(mean(rg)^2 + mean(yb)^2), with rg = R - G
+    and yb = (R + G) / 2 - B on 0..255 values.
+
+    Args:
+        images: (N, 3, H, W) in [-1, 1].
+    Returns:
+        (N,) float tensor.
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected RGB images (N, 3, H, W), got {tuple(images.shape)}")
+    red, green, blue = (to_unit_range(images.double()) * 255).unbind(1)
+    rg, yb = red - green, (red + green) / 2 - blue
+    spread = (rg.flatten(1).std(1, unbiased=False) ** 2 + yb.flatten(1).std(1, unbiased=False) ** 2).sqrt()
+    offset = (rg.flatten(1).mean(1) ** 2 + yb.flatten(1).mean(1) ** 2).sqrt()
+    return (spread + 0.3 * offset).float()
 
 
 # ---------------------------------------------------------------------------------------
@@ -348,7 +370,7 @@ def prd_scores(real_features: torch.Tensor, fake_features: torch.Tensor, num_clu
 
 @dataclass(frozen=True)
 class IvOError:
-    """IvO reconstruction error per input after a fixed number of steps (DESIGN.md 5-6).
+    """IvO reconstruction error per input after a fixed number of steps (docs/method.md#ivo-error).
 
     Attributes:
         mse: (N,) MSE between the reconstruction and the target, images in [-1, 1].

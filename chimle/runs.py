@@ -1,6 +1,7 @@
 """Run folders: everything about one training run lives in one folder.
 
-Layout (DESIGN: the run folder is the state; the studio re-attaches to it):
+Layout (the run folder is the whole state of a run: a resumed run and a restarted studio
+read nothing else):
 
     config.json        all options, code version, data description: enough to reproduce
     status.json        state (running / finished / failed / stopped), message, pid, step
@@ -15,8 +16,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .fileio import atomic_write_json, atomic_write_text, naming_path, overwrite_in_place
 
@@ -77,6 +81,9 @@ class RunPaths:
     def snapshot(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:07d}.safetensors"
 
+    def sample_grid(self, step: int) -> Path:
+        return self.samples / f"step-{step:07d}.png"
+
 
 def write_status(paths: RunPaths, state: str, step: int, total_steps: int, message: str = "",
                  **extra) -> None:
@@ -98,6 +105,55 @@ def write_status(paths: RunPaths, state: str, step: int, total_steps: int, messa
         text = json.dumps(record, indent=2, sort_keys=True) + "\n"
         overwrite_in_place(paths.status, text.encode("utf-8"))
 
+
+
+class TrainingFailed(RuntimeError):
+    """The run stopped as failed (a non-finite loss, a write error); status.json says why."""
+
+
+class Progress(Protocol):
+    """How far a run has got, as `record_failure` reads it when an error ends the run."""
+
+    step: int  # the steps done
+    saved_step: int  # the step of the newest complete checkpoint (0: none yet)
+
+
+def failure_message(error: Exception, step: int, saved_step: int) -> str:
+    """What status.json says of an error that ended a run at `step`."""
+    if isinstance(error, TrainingFailed):
+        return str(error)
+    if isinstance(error, OSError):  # a full disk, a vanished folder: name the file, say what is kept
+        kept = (f"the checkpoint of step {saved_step} is kept" if saved_step
+                else "no checkpoint had been written yet")
+        return f"could not write {error.filename or 'the run folder'} at step {step}: {error.strerror or error}; {kept}"
+    return f"training failed at step {step}: {type(error).__name__}: {error}"
+
+
+@contextmanager
+def record_failure(paths: RunPaths, progress: Progress, total_steps: int, write: bool = True) -> Iterator[None]:
+    """Any error inside ends the run as failed: status.json says why, TrainingFailed is raised.
+
+    Args:
+        progress: read when the error happens, for the step and the checkpoint that is kept.
+        write: whether this process writes the status (rank 0 alone in a distributed run).
+
+    Raises:
+        TrainingFailed: with the status message; the original error is its cause (a
+            TrainingFailed inside already says everything and is not chained).
+
+    When even the status cannot be written, the message says so: it is then the only
+    report, printed by the CLI, and the studio sees the run's process gone.
+    """
+    try:
+        yield
+    except Exception as error:
+        message = failure_message(error, progress.step, progress.saved_step)
+        if write:
+            try:
+                write_status(paths, FAILED, progress.step, total_steps, message)
+            except OSError as status_error:
+                message += f" (status.json could not be updated either: {status_error.strerror or status_error})"
+        raise TrainingFailed(message) from (None if isinstance(error, TrainingFailed) else error)
 
 def read_status(paths: RunPaths) -> dict | None:
     """The run's status, or None when it has none (yet) or it is unreadable."""

@@ -1,4 +1,4 @@
-"""Code search: CHIMLE's hierarchical search and cIMLE's plain search (DESIGN.md 2-3).
+"""Code search: CHIMLE's hierarchical search and cIMLE's plain search (docs/method.md#chimle).
 
 For every (x_i, y_i), find a latent code whose output is close to y_i in LPIPS. cIMLE
 draws m whole codes and keeps the best. CHIMLE draws level 1's component first (m_1
@@ -104,7 +104,7 @@ def _check_pair(net: TowerImplicitModel, x: torch.Tensor, y: torch.Tensor) -> No
 def evaluate_candidates(net: TowerImplicitModel, task: Task, distance: Distance, x: torch.Tensor,
                         candidates: LatentCodes, owners: torch.Tensor, target: torch.Tensor,
                         upto: int, chunk_size: int, prefix: Render | None = None,
-                        start_level: int = 0) -> torch.Tensor:
+                        start_level: int = 0, context: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Distance of every candidate's level-`upto` output to its owner image's target.
 
     Args:
@@ -114,6 +114,8 @@ def evaluate_candidates(net: TowerImplicitModel, task: Task, distance: Distance,
         target: (B, 3, h, w) target at level `upto`'s output size.
         prefix: a render of B codes whose levels < start_level every candidate shares
             with its owner (iterative construction), so those levels are not recomputed.
+        context: `net.encode` of the B inputs: the semantic maps are computed once per
+            image, not once per candidate.
     Returns:
         (N,) distances.
     """
@@ -127,7 +129,8 @@ def evaluate_candidates(net: TowerImplicitModel, task: Task, distance: Distance,
                            [f[index] for f in prefix.features[:start_level]],
                            [w[index] for w in prefix.mapped[:start_level]])
         render = net.render(x[index], chunk, upto=upto, reuse=reuse,
-                            start_level=start_level if reuse is not None else 0)
+                            start_level=start_level if reuse is not None else 0,
+                            context=[c[index] for c in context] if context is not None else None)
         images = task.to_rgb(x[index], render.outputs[-1])
         distances.append(distance(images, target[index]))
     return torch.cat(distances)
@@ -171,6 +174,7 @@ def chimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: to
     shape = net.code_shape(tuple(y.shape[-2:]))
     with torch.inference_mode():
         targets = level_targets(net, y)
+        context = net.encode(x, shape.local_sizes)
         chosen = LatentCodes.zeros(shape, batch, x.device)
         winner_distances = []
         for component, per_image in components:
@@ -194,9 +198,10 @@ def chimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: to
             # those once per image, not once per candidate.
             prefix = None
             if config.iterative_construction and first > 0:
-                prefix = net.render(x, chosen, upto=first)
+                prefix = net.render(x, chosen, upto=first, context=context)
             distances = evaluate_candidates(net, task, distance, x, candidates, owners, targets[upto - 1],
-                                            upto, config.chunk_size, prefix, first if prefix is not None else 0)
+                                            upto, config.chunk_size, prefix, first if prefix is not None else 0,
+                                            context)
             best = _select(distances, per_image)
             winners = candidates[best]
             for level in component:
@@ -226,7 +231,8 @@ def cimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: tor
                                       for _ in range(batch)])
         owners = torch.arange(batch, device=x.device).repeat_interleave(num_samples)
         distances = evaluate_candidates(net, task, distance, x, candidates, owners, targets[-1],
-                                        net.num_levels, chunk_size)
+                                        net.num_levels, chunk_size,
+                                        context=net.encode(x, shape.local_sizes))
         chosen = candidates[_select(distances, num_samples)]
         final = chosen_distances(net, task, distance, x, chosen, targets)
     return SearchResult(chosen, final, num_samples)

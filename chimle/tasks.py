@@ -1,10 +1,11 @@
 """Tasks: how a clean image becomes the model's input, and how its output becomes RGB.
 
-The generator is one network for every task (STYLE.md: "task differences live in task
-objects"). A task says what the network sees (`degrade` for training data built from
-clean photos, `prepare_input` for a user's image), how many channels it predicts, what
-size each level's output has, and how any level's output maps back to an RGB image
-(`to_rgb`, used inside the LPIPS loss, so it is differentiable).
+The generator is one network for every task, with one forward path; what differs between
+tasks lives in task objects (docs/method.md#tasks). A task says what the network sees
+(`degrade` for training data built from clean photos, `prepare_input` for a user's image),
+how many channels it predicts, what size each level's output has, and how any level's
+output maps back to an RGB image (`to_rgb`, used inside the LPIPS loss, so it is
+differentiable).
 
 Conventions: images are float tensors (B, C, H, W); RGB lives in [-1, 1]; the network's
 heads end in tanh, so its outputs ("model space") are in [-1, 1] too.
@@ -96,8 +97,8 @@ class Task(ABC):
                            num_levels: int) -> list[tuple[int, int]]:
         """Output size of every level, coarsest first.
 
-        Level l (1..L) works at 1 / 2**(L - l) of the final resolution (DESIGN.md
-        section 4: each module doubles the resolution of the one before).
+        Level l (1..L) outputs 1 / 2**(L - l) of the final resolution: each level doubles
+        the resolution of the one before (docs/method.md#levels-and-resolutions).
 
         Raises:
             ValueError: if the final size is not divisible by 2**(L - 1).
@@ -141,7 +142,7 @@ class Task(ABC):
 
 @dataclass(frozen=True)
 class Colourization(Task):
-    """Predict chroma from lightness in CIELab (DESIGN.md section 4).
+    """Predict chroma from lightness in CIELab (docs/method.md#tasks).
 
     Model input: L / 50 - 1, one channel in [-1, 1]. Network output: ab / 110, two
     channels (`AB_SCALE`). The RGB image is rebuilt from the given L and predicted ab, so
@@ -192,7 +193,7 @@ class Colourization(Task):
 
 @dataclass(frozen=True)
 class JPEGDecompression(Task):
-    """Undo heavy JPEG compression (DESIGN.md section 1).
+    """Undo heavy JPEG compression (docs/method.md#tasks).
 
     The model input is the decoded JPEG (RGB); the network predicts RGB directly.
     Compression uses Pillow's encoder with its default 4:2:0 chroma subsampling. It is not
@@ -232,7 +233,7 @@ class JPEGDecompression(Task):
 
 @dataclass(frozen=True)
 class SuperResolution(Task):
-    """Upscale by `factor` (16x in the paper; DESIGN.md section 1).
+    """Upscale by `factor` (16x in the paper, 8x with 3 levels; docs/method.md#tasks).
 
     Every level of the generator doubles the resolution, so the factor must be
     2**num_levels: the coarsest head already works at twice the input's size.
@@ -285,7 +286,7 @@ class SuperResolution(Task):
 
 @dataclass(frozen=True)
 class NightToDay(Task):
-    """Turn a real night photo into a day one (DESIGN.md section 1).
+    """Turn a real night photo into a day one (docs/method.md#tasks).
 
     Night cannot be computed from day, so training needs paired folders of input (night)
     and target (day) images of the same scenes; `degrade` refuses.

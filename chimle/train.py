@@ -1,4 +1,4 @@
-"""The training loop: pools, code search, updates, logs, snapshots (DESIGN.md section 3).
+"""The training loop: pools, code search, updates, logs, snapshots (docs/method.md#training).
 
 Schedule: take a pool of training crops, search a code for every crop (CHIMLE, cIMLE or
 an ablation), then run `steps_per_pool` gradient steps on random batches of the pool with
@@ -13,13 +13,15 @@ of the pool, DistributedDataParallel averages the updates, and rank 0 alone writ
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import json
-import math
 import os
 import signal
 import subprocess
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,22 +29,32 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .checkpoint import save_checkpoint, tensor_digest
+from .checkpoint import load_checkpoint, save_checkpoint, tensor_digest
 from .codes import LatentCodes
-from .config import PRESETS, dataclass_from_dict, preset
+from .config import PRESETS, ModelConfig, dataclass_from_dict, preset
 from .data import (Batch, CropSampler, ImageCorpus, PairedCorpus, describe_split, find_images,
                    find_pairs, split_by_source, validation_batch)
 from .fileio import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from .images import save_png
-from .loss import imle_loss
+from .loss import LossResult, imle_loss
 from .model import TowerImplicitModel
 from .perceptual import load_perceptual_distance
-from .runs import (FAILED, FINISHED, RUNNING, STOPPED, RunPaths, append_metrics, now, read_metrics,
+from .runs import (FINISHED, RUNNING, STOPPED, RunPaths, TrainingFailed, append_metrics, now, record_failure,
                    truncate_metrics, write_status)
-from .search import SearchConfig, chimle_search
+from .search import Distance, SearchConfig, chimle_search
 from .tasks import TASK_NAMES, Task, make_task
 
 METHODS = ("chimle", "cimle")
+SEMANTIC_PRIORS = ("preset", "alexnet", "none")
+
+
+def default_samples_per_level(num_levels: int) -> tuple[int, ...]:
+    """The search budget of the shipped cpu models, (12, 6, 4), fitted to any depth.
+
+    The coarse level gets the most candidates: its choice decides the most of the output
+    (docs/method.md#the-search-budget); levels beyond the third get 4 like the third.
+    """
+    return ((12, 6) + (4,) * max(num_levels - 2, 0))[:num_levels]
 
 
 @dataclass
@@ -55,8 +67,13 @@ class TrainConfig:
         validation_data: held-out photos for the sample grids; when given, all of `data`
             trains and `held_out_fraction` is not used.
         preset: model size (`chimle.config.PRESETS`).
+        semantic_prior: "preset" (the preset's choice), "alexnet" or "none": whether the
+            model gets the frozen AlexNet features of its input (`chimle.semantic`).
+        init_from: a model file (.safetensors) whose weights the run starts from (not its
+            optimiser state); the model's sizes are then that file's.
         method: "chimle" (hierarchical search) or "cimle".
-        samples_per_level: CHIMLE's candidates per level, coarse to fine.
+        samples_per_level: CHIMLE's candidates per level, coarse to fine; default
+            `default_samples_per_level(levels)`, which fits any number of levels.
         cimle_samples: cIMLE's samples per search; default sum(samples_per_level), the
             same number of candidate evaluations (equal cost).
         iterative_construction, partial_evaluation: CHIMLE ablation switches.
@@ -78,8 +95,10 @@ class TrainConfig:
     data: str = ""
     validation_data: str = ""
     preset: str = "cpu"
+    semantic_prior: str = "preset"
+    init_from: str = ""
     method: str = "chimle"
-    samples_per_level: tuple[int, ...] = (12, 6, 4)
+    samples_per_level: tuple[int, ...] | None = None
     cimle_samples: int | None = None
     iterative_construction: bool = True
     partial_evaluation: bool = True
@@ -108,7 +127,8 @@ class TrainConfig:
     half_final: bool = False
 
     def __post_init__(self) -> None:
-        self.samples_per_level = tuple(self.samples_per_level)
+        if self.samples_per_level is not None:
+            self.samples_per_level = tuple(self.samples_per_level)
         if self.level_weights is not None:
             self.level_weights = tuple(self.level_weights)
         self.validate()
@@ -118,6 +138,8 @@ class TrainConfig:
             raise ValueError(f"unknown task {self.task!r}; known tasks: {', '.join(TASK_NAMES)}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}")
+        if self.semantic_prior not in SEMANTIC_PRIORS:
+            raise ValueError(f"unknown semantic prior {self.semantic_prior!r}; choose from {', '.join(SEMANTIC_PRIORS)}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         positive = ("steps", "pool_size", "steps_per_pool", "batch_size", "crop_size", "log_every",
@@ -131,10 +153,25 @@ class TrainConfig:
         if not (self.lr > 0 and self.mapping_lr_multiplier > 0):
             raise ValueError("lr and mapping_lr_multiplier must be positive")
 
-    def search_config(self) -> SearchConfig:
+    def build_task(self) -> Task:
+        """The task, its defaults fitted to the preset: super-resolution by 2^levels."""
+        params = dict(self.task_params)
+        if self.task == "super_resolution" and "factor" not in params:
+            params["factor"] = 2 ** len(PRESETS[self.preset].values["channels"])
+        return make_task(self.task, **params)
+
+    def model_config(self, task: Task) -> ModelConfig:
+        """The model this run builds from its preset and semantic-prior options."""
+        overrides = {} if self.semantic_prior == "preset" else {
+            "semantic_encoder": "" if self.semantic_prior == "none" else self.semantic_prior}
+        return preset(self.preset, task.in_channels, task.out_channels, **overrides)
+
+    def search_config(self, num_levels: int) -> SearchConfig:
+        """The code search of a model with `num_levels` levels."""
+        per_level = self.samples_per_level or default_samples_per_level(num_levels)
         if self.method == "cimle":
-            return SearchConfig.cimle(self.cimle_samples or sum(self.samples_per_level), self.search_chunk)
-        return SearchConfig(self.samples_per_level, self.iterative_construction, self.partial_evaluation,
+            return SearchConfig.cimle(self.cimle_samples or sum(per_level), self.search_chunk)
+        return SearchConfig(per_level, self.iterative_construction, self.partial_evaluation,
                             True, self.search_chunk)
 
     def to_dict(self) -> dict:
@@ -143,31 +180,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         return dataclass_from_dict(cls, values, "training options")
-
-
-class TrainingFailed(RuntimeError):
-    """The run stopped as failed (a non-finite loss, a write error); status.json says why."""
-
-
-def _failed(paths: RunPaths, env: Distributed, step: int, total_steps: int, message: str) -> TrainingFailed:
-    """Record a failure in status.json (rank 0) and return the exception to raise.
-
-    When even the status cannot be written, the message says so: it is then the only
-    report, printed by the CLI, and the studio sees the run's process gone.
-    """
-    if env.is_main:
-        try:
-            write_status(paths, FAILED, step, total_steps, message)
-        except OSError as error:
-            message += f" (status.json could not be updated either: {error.strerror or error})"
-    return TrainingFailed(message)
-
-
-def _write_failure(error: OSError, step: int, saved_step: int) -> str:
-    """What a failed write of the run folder did, for status.json and the CLI."""
-    kept = (f"the checkpoint of step {saved_step} is kept" if saved_step
-            else "no checkpoint had been written yet")
-    return f"could not write {error.filename or 'the run folder'} at step {step}: {error.strerror or error}; {kept}"
 
 
 @dataclass
@@ -181,6 +193,11 @@ class Distributed:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (nothing to wait for without torchrun)."""
+        if self.world_size > 1:
+            dist.barrier()
 
     @classmethod
     def from_environment(cls, device_type: str) -> "Distributed":
@@ -202,8 +219,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """The git commit of the code, when run from a checkout (for config.json).
+    """The git commit of the code this process started with, when run from a checkout.
 
     "-dirty" follows the commit when tracked files differ from it: the run then used code
     that no commit holds.
@@ -234,14 +252,67 @@ def _load_data(config: TrainConfig, task: Task) -> _Data:
         held_out = find_pairs(validation_root) if task.paired else find_images(validation_root)
     else:
         train_items, held_out = split_by_source(items, config.held_out_fraction, config.seed)
-    corpus_type = PairedCorpus if task.paired else ImageCorpus
-    corpus = corpus_type(train_items, config.max_side, source=str(root))
-    validation_corpus = corpus_type(held_out, config.max_side, source=str(root)) if held_out else corpus
+    if task.paired:
+        corpus = PairedCorpus(train_items, config.max_side, source=str(root))
+        validation_corpus = PairedCorpus(held_out, config.max_side, source=str(root)) if held_out else corpus
+    else:
+        # A greyscale photo would teach colourization that the answer is grey.
+        skip_grey = task.name == "colourization"
+        corpus = ImageCorpus(train_items, config.max_side, source=str(root), skip_grey=skip_grey)
+        validation_corpus = (ImageCorpus(held_out, config.max_side, source=str(root), skip_grey=skip_grey)
+                             if held_out else corpus)
     description = describe_split(train_items, held_out, held_out_fraction=config.held_out_fraction,
                                  seed=config.seed)
-    description.update(root=str(root.resolve()), skipped=[name for name, _ in corpus.skipped])
+    description.update(root=str(root.resolve()), skipped=[name for name, _ in corpus.skipped],
+                       skipped_grey=[str(p) for p in getattr(corpus, "skipped_grey", [])])
     return _Data(CropSampler(corpus, config.crop_size, task, config.seed),
                  validation_batch(validation_corpus, config.crop_size, task, 4, config.seed), description)
+
+
+def _build_model(config: TrainConfig, task: Task, resumed: RunPaths | None = None
+                 ) -> tuple[TowerImplicitModel, list[dict]]:
+    """A fresh model, or the `init_from` model's weights; and the training legs before this run.
+
+    A resumed run (`resumed`: its folder) gets a fresh model, for the weights of its own
+    state, and the legs its config.json recorded: the init_from file may have changed since.
+
+    Raises:
+        ValueError: the init_from model is for another task, or its sizes are not the ones
+            this run's preset and semantic prior build (say which; a silent switch of
+            architecture would make the run's config.json lie).
+    """
+    wanted = config.model_config(task)
+    if resumed is not None:
+        return TowerImplicitModel(wanted), _read_config(resumed).get("lineage_before", [])
+    if not config.init_from:
+        return TowerImplicitModel(wanted), []
+    source = load_checkpoint(config.init_from, expected_task=task.name)
+    if source.task != task:
+        raise ValueError(f"{config.init_from} was trained for {source.task.to_dict()}, not {task.to_dict()}")
+    if source.net.config != wanted:
+        differences = {k: (v, wanted.to_dict()[k]) for k, v in source.net.config.to_dict().items()
+                       if v != wanted.to_dict()[k]}
+        raise ValueError(f"{config.init_from} does not have the sizes of preset {config.preset!r} with "
+                         f"semantic prior {config.semantic_prior!r}: (file, preset) differ in {differences}")
+    previous = source.metadata.get("lineage") or [_leg_from_metadata(config.init_from, source.metadata)]
+    return source.net.train(), previous
+
+
+def _leg_from_metadata(path: str, metadata: dict) -> dict:
+    """A lineage entry for a model file written before lineages were recorded."""
+    return {"run": metadata.get("run", str(path)), "steps": metadata.get("step"),
+            "train_seconds": metadata.get("train_seconds"), "data": metadata.get("data", ""),
+            "method": metadata.get("method"), "preset": metadata.get("preset")}
+
+
+def _this_leg(config: TrainConfig, paths: RunPaths, step: int, seconds: float, device: torch.device,
+              description: dict) -> dict:
+    """This run as one lineage entry: its options (to re-run it), its steps and its cost."""
+    defaults = TrainConfig()
+    options = {k: v for k, v in config.to_dict().items() if v != getattr(defaults, k)}
+    return {"run": str(paths.root), "steps": step, "train_seconds": round(seconds, 1),
+            "device": str(device), "data": description.get("root", ""), "code_version": code_version(),
+            "options": options}
 
 
 def _optimizer(net: TowerImplicitModel, config: TrainConfig) -> torch.optim.Optimizer:
@@ -289,6 +360,7 @@ def _sample_grid(net: TowerImplicitModel, task: Task, batch: Batch, seed: int, s
     shape = net.code_shape(size)
     device = next(net.parameters()).device
     rows = []
+    net.eval()
     with torch.inference_mode():
         for image in range(batch.y.shape[0]):
             x = batch.x[image:image + 1].expand(samples, -1, -1, -1).to(device)
@@ -296,36 +368,256 @@ def _sample_grid(net: TowerImplicitModel, task: Task, batch: Batch, seed: int, s
             codes = LatentCodes.sample(shape, samples, torch.Generator().manual_seed(seed)).to(device)
             outputs = task.to_rgb(x, net(x, codes)[-1]).float().cpu()
             rows += [task.input_preview(batch.x[image:image + 1], size)[0], *outputs, batch.y[image]]
+    net.train()
     return make_grid(torch.stack(rows).clamp(-1, 1), nrow=samples + 2, padding=2, pad_value=1.0)
 
 
-def _save_training_state(paths: RunPaths, net: TowerImplicitModel, task: Task, optimizer, step: int,
-                         pool_index: int, pool_codes: LatentCodes | None, pool_distances, config: TrainConfig,
-                         elapsed: float, timing: dict, description: dict) -> None:
-    """Write the resumable state (one torch file, loaded with weights_only) and latest model."""
+@dataclass
+class _RunState:
+    """What changes while a run trains, in one place.
+
+    A checkpoint keeps what a resumed run needs: train_state.pt the step, the pool's index,
+    codes and distances, and the times; config.json the lineage. The pool's crops are not
+    kept: (seed, pool index) draws them again.
+    """
+
+    step: int = 0  # updates done
+    pool_index: int = -1  # the pool being trained on (-1: none yet)
+    pool: Batch | None = None  # its crops
+    pool_codes: LatentCodes | None = None  # the searched code of each crop, gathered from every rank
+    pool_distances: torch.Tensor | None = None  # (pool_size, levels): each code's distance per level
+    saved_step: int = 0  # the step of the newest complete checkpoint (0: none yet)
+    lineage: list[dict] = field(default_factory=list)  # the training legs before this run
+    elapsed: float = 0.0  # training seconds of the run's earlier processes
+    timing: dict = field(default_factory=lambda: {"search_seconds": 0.0, "update_seconds": 0.0})
+    clock: float = 0.0  # time.time() when this process began training
+    logged_time: float = 0.0  # the last log line's time and step: images per second since
+    logged_step: int = 0
+
+    def start_clock(self) -> None:
+        """Start this process's share of the training time (the set-up is not training)."""
+        self.clock = self.logged_time = time.time()
+        self.logged_step = self.step
+
+    def seconds(self, at: float | None = None) -> float:
+        """Training seconds of the whole run, this process's and its predecessors'."""
+        return self.elapsed + (time.time() if at is None else at) - self.clock
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the seconds spent inside to `timing[phase]`."""
+        tic = time.time()
+        yield
+        self.timing[phase] += time.time() - tic
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    """Whether a task done every `every` steps (log, samples, checkpoint) is due after `step`;
+    it is always due at the last step."""
+    return step % every == 0 or step == last
+
+
+def _place_process(config: TrainConfig) -> tuple[torch.device, Distributed]:
+    """This process's device and its place among torchrun's ranks."""
+    device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and bare `.cuda()` calls use the current device
+    env = Distributed.from_environment(device.type)
+    if env.world_size > 1 and config.pool_size % env.world_size:
+        raise ValueError(f"pool_size {config.pool_size} must divide evenly among {env.world_size} ranks")
+    return device, env
+
+
+def _model_optimizer_state(config: TrainConfig, task: Task, paths: RunPaths, resume: bool, device: torch.device
+                           ) -> tuple[TowerImplicitModel, torch.optim.Optimizer, _RunState]:
+    """The model on `device`, its optimiser and the run's state: new (the model fresh or
+    init_from's), or, when resuming a run that has a checkpoint, what train_state.pt holds."""
+    resuming = resume and paths.train_state.exists()
+    net, lineage = _build_model(config, task, paths if resuming else None)
+    task.check_levels(net.config.num_levels)
+    net = net.to(device)
+    optimizer = _optimizer(net, config)
+    run = _RunState(lineage=lineage)
+    if resuming:
+        _load_training_state(paths, run, net, optimizer, device)
+    return net, optimizer, run
+
+
+def _for_ranks_and_device(net: TowerImplicitModel, config: TrainConfig, env: Distributed, device: torch.device):
+    """The module the updates go through (DistributedDataParallel across ranks) and the
+    autocast context of the search and the updates (bfloat16 on CUDA when `amp`)."""
+    model = net if env.world_size == 1 else torch.nn.parallel.DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.amp and device.type == "cuda":
+        return model, functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+    return model, nullcontext
+
+
+def _config_record(config: TrainConfig, net: TowerImplicitModel, task: Task, description: dict,
+                   lineage: list[dict], env: Distributed, device: torch.device) -> dict:
+    """config.json: every option, the model, the task, the data, and where the weights come from."""
+    return {"train": config.to_dict(), "model": net.config.to_dict(), "task": task.to_dict(), "data": description,
+            "lineage_before": lineage, "code_version": code_version(), "created": now(),
+            "world_size": env.world_size, "device": str(device)}
+
+
+def _prepare_run_folder(paths: RunPaths, step: int, total_steps: int, new_run: dict | None) -> None:
+    """Make the run folder ready to train in, and say so in status.json.
+
+    Args:
+        new_run: config.json of a new run; None for a resumed one, whose config.json stays
+            and whose metrics.jsonl is cut back to `step`, the step it resumes from.
+    """
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.samples.mkdir(exist_ok=True)
+    paths.checkpoints.mkdir(exist_ok=True)
+    # Writes cut short by a kill -9 left temporaries; this process owns these folders.
+    remove_stale_temporaries(paths.checkpoints)
+    remove_stale_temporaries(paths.samples)
+    if new_run is None:
+        truncate_metrics(paths, step)
+    else:
+        atomic_write_json(paths.config, new_run)
+    write_status(paths, RUNNING, step, total_steps, "resumed" if new_run is None else "started")
+
+
+def _search_codes(net: TowerImplicitModel, task: Task, distance: Distance, search: SearchConfig | None,
+                  pool: Batch, seed: int, env: Distributed, autocast) -> tuple[LatentCodes, torch.Tensor]:
+    """The searched code of every crop of this rank's share of the pool, and its distances.
+
+    Returns:
+        The codes (on the model's device) and their (N, levels) distances (CPU, float32).
+        `search` None is the zero-code baseline: every code is zero, nothing is searched.
+    """
+    device = next(net.parameters()).device
+    share = _rank_share(len(pool.x), env)
+    x, y = pool.x[share].to(device), pool.y[share].to(device)
+    if search is None:
+        codes = LatentCodes.zeros(net.code_shape(tuple(y.shape[-2:])), len(y), device)
+        return codes, torch.zeros(len(y), net.num_levels)
+    generator = torch.Generator(device).manual_seed(seed)
+    net.eval()
+    with autocast():
+        result = chimle_search(net, task, distance, x, y, search, generator)
+    net.train()
+    return result.codes, result.distances.float().cpu()
+
+
+def _batch_picks(config: TrainConfig, run: _RunState, env: Distributed) -> torch.Tensor:
+    """The pool indices of this step's batch, within this rank's share: a function of
+    (seed, pool, rank, step), so a run resumed inside a pool takes the same batches."""
+    share = _rank_share(config.pool_size, env)
+    order = torch.Generator().manual_seed(_seed_for(config.seed, run.pool_index, env.rank, 1))
+    picks = torch.randint(share.stop - share.start, (config.steps_per_pool, config.batch_size), generator=order)
+    return picks[run.step % config.steps_per_pool] + share.start
+
+
+def _update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Task, distance: Distance,
+            run: _RunState, picks: torch.Tensor, config: TrainConfig, autocast) -> LossResult:
+    """One optimiser step on the pool's crops `picks` with their cached codes; returns the loss.
+
+    Raises:
+        TrainingFailed: the loss is not finite (the step is not taken).
+    """
+    device = next(model.parameters()).device
+    x, y = run.pool.x[picks].to(device), run.pool.y[picks].to(device)
+    codes = _index_codes(run.pool_codes, picks, device)
+    with autocast():
+        loss = imle_loss(model, task, distance, x, codes, y, config.level_weights, config.l1_weight)
+    if not torch.isfinite(loss.total):
+        raise TrainingFailed(f"non-finite loss ({loss.total.item()}) at step {run.step + 1}; "
+                             f"the last good checkpoint is kept")
+    optimizer.zero_grad(set_to_none=True)
+    loss.total.backward()
+    optimizer.step()
+    return loss
+
+
+def _log(paths: RunPaths, run: _RunState, loss: LossResult, config: TrainConfig, world_size: int, bar: tqdm) -> None:
+    """Log the step just taken: a line of metrics.jsonl, status.json, the progress bar."""
+    record = _metrics_record(run, loss, config, world_size)
+    append_metrics(paths, record)
+    write_status(paths, RUNNING, run.step, config.steps, "training", eta_seconds=record["eta_seconds"],
+                 loss=record["loss"])
+    bar.set_postfix(loss=f"{record['loss']:.3f}", search=f"{record['search_share']:.0%}")
+
+
+def _metrics_record(run: _RunState, loss: LossResult, config: TrainConfig, world_size: int) -> dict:
+    """One line of metrics.jsonl for the step just taken; the run's last log becomes now."""
+    now_time = time.time()
+    rate = (run.step - run.logged_step) * config.batch_size * world_size / max(now_time - run.logged_time, 1e-9)
+    run.logged_time, run.logged_step = now_time, run.step
+    elapsed = run.seconds(now_time)
+    eta = elapsed / max(run.step, 1) * (config.steps - run.step)
+    if config.time_budget_minutes:
+        eta = min(eta, max(60 * config.time_budget_minutes - elapsed, 0.0))
+    search, update = run.timing["search_seconds"], run.timing["update_seconds"]
+    return {"step": run.step, "pool": run.pool_index, "loss": loss.total.item(),
+            "loss_per_level": loss.per_level.tolist(),
+            "search_distance_per_level": run.pool_distances.mean(0).tolist(),
+            "images_per_second": rate, "elapsed_seconds": elapsed, "eta_seconds": eta,
+            "search_seconds": search, "update_seconds": update,
+            "search_share": search / max(sum(run.timing.values()), 1e-9)}
+
+
+def _model_metadata(config: TrainConfig, paths: RunPaths, device: torch.device, description: dict,
+                    run: _RunState) -> dict:
+    """What a model file of this run says of it, with the lineage that ends in this run."""
+    seconds = run.seconds()
+    return {"step": run.step, "run": str(paths.root), "data": description.get("root", ""),
+            "method": config.method, "preset": config.preset, "train_seconds": round(seconds, 1),
+            "lineage": run.lineage + [_this_leg(config, paths, run.step, seconds, device, description)]}
+
+
+def _save_training_state(paths: RunPaths, net: TowerImplicitModel, task: Task, optimizer: torch.optim.Optimizer,
+                         run: _RunState, metadata: dict) -> None:
+    """Write the resumable state (one torch file, loaded with weights_only), then the latest model.
+
+    `run.saved_step` moves once both are written: a failure before then reports the
+    previous checkpoint as the one kept.
+    """
     state = {
-        "step": step,
-        "pool_index": pool_index,
+        "step": run.step,
+        "pool_index": run.pool_index,
         "model": net.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "pool_codes": pool_codes.to_tensors() if pool_codes is not None else None,
-        "pool_distances": pool_distances,
-        "elapsed": elapsed,
-        "timing": dict(timing),
+        "pool_codes": run.pool_codes.to_tensors() if run.pool_codes is not None else None,
+        "pool_distances": run.pool_distances,
+        "elapsed": run.seconds(),
+        "timing": dict(run.timing),
     }
-    import io
-
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(paths.train_state, buffer.getvalue())
-    metadata = {"step": step, "run": str(paths.root), "data": description.get("root", ""),
-                "method": config.method, "preset": config.preset}
     save_checkpoint(paths.latest, net, task, metadata)
+    run.saved_step = run.step
 
 
-def _load_training_state(paths: RunPaths) -> dict:
+def _load_training_state(paths: RunPaths, run: _RunState, net: TowerImplicitModel,
+                         optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Continue from train_state.pt: its weights, optimiser state, step, pool codes and clocks."""
     # weights_only=True: a run folder is not trusted to run code on load.
-    return torch.load(paths.train_state, map_location="cpu", weights_only=True)
+    state = torch.load(paths.train_state, map_location="cpu", weights_only=True)
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    run.step = run.saved_step = state["step"]
+    run.pool_index, run.elapsed = state["pool_index"], state["elapsed"]
+    run.timing.update(state["timing"])
+    if state["pool_codes"] is not None:
+        run.pool_codes = LatentCodes.from_tensors(state["pool_codes"]).to(device)
+        run.pool_distances = state["pool_distances"]
+
+
+def _out_of_time(config: TrainConfig, run: _RunState) -> bool:
+    """Whether the run has a time budget and has trained that long."""
+    return bool(config.time_budget_minutes) and run.seconds() >= 60 * config.time_budget_minutes
+
+
+def _outcome(step: int, stopped: bool, budget_spent: bool) -> tuple[str, str]:
+    """The final state and status message of a run that ended at `step`."""
+    if stopped:
+        return STOPPED, f"stopped at step {step} on request"
+    return FINISHED, f"finished {step} steps" + (" (time budget reached)" if budget_spent else "")
 
 
 def _gather_codes(codes: LatentCodes, distances: torch.Tensor, env: Distributed):
@@ -349,183 +641,74 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     Raises:
         TrainingFailed: on a non-finite loss or an error while training (status says why).
     """
+    # Set up: device and rank; task; model, optimiser and run state (new or resumed); distance; data.
     paths = RunPaths(run_dir)
-    device = pick_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # NCCL and bare `.cuda()` calls use the current device
-    env = Distributed.from_environment(device.type)
-    if env.world_size > 1 and config.pool_size % env.world_size:
-        raise ValueError(f"pool_size {config.pool_size} must divide evenly among {env.world_size} ranks")
+    device, env = _place_process(config)
     torch.manual_seed(config.seed)
-    task = make_task(config.task, **config.task_params)
-    model_config = preset(config.preset, task.in_channels, task.out_channels)
-    task.check_levels(model_config.num_levels)
-    net = TowerImplicitModel(model_config).to(device)
-    optimizer = _optimizer(net, config)
+    task = config.build_task()
+    net, optimizer, run = _model_optimizer_state(config, task, paths, resume, device)
     distance = load_perceptual_distance(config.lpips_net, device)
     data = _load_data(config, task)
-    search_config = config.search_config()
-
-    step, pool_index, elapsed = 0, -1, 0.0
-    saved_step = 0  # the step of the newest complete checkpoint
-    pool_codes, pool_distances = None, None
-    timing = {"search_seconds": 0.0, "update_seconds": 0.0}
-    if resume and paths.train_state.exists():
-        state = _load_training_state(paths)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, pool_index, elapsed = state["step"], state["pool_index"], state["elapsed"]
-        saved_step = step
-        timing.update(state["timing"])
-        if state["pool_codes"] is not None:
-            pool_codes = LatentCodes.from_tensors(state["pool_codes"]).to(device)
-            pool_distances = state["pool_distances"]
-    if env.is_main:
-        try:
-            paths.root.mkdir(parents=True, exist_ok=True)
-            paths.samples.mkdir(exist_ok=True)
-            paths.checkpoints.mkdir(exist_ok=True)
-            # Writes cut short by a kill -9 left temporaries; this process owns these folders.
-            remove_stale_temporaries(paths.checkpoints)
-            remove_stale_temporaries(paths.samples)
-            if resume:
-                truncate_metrics(paths, step)
-            else:
-                atomic_write_json(paths.config, {"train": config.to_dict(), "model": model_config.to_dict(),
-                                                 "task": task.to_dict(), "data": data.description,
-                                                 "code_version": code_version(), "created": now(),
-                                                 "world_size": env.world_size, "device": str(device)})
-            write_status(paths, RUNNING, step, config.steps, "resumed" if resume else "started")
-        except OSError as error:
-            raise _failed(paths, env, step, config.steps, _write_failure(error, step, saved_step)) from error
-
-    model = net
-    if env.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
-    use_amp = config.amp and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
-
-    bar = tqdm(total=config.steps, initial=step, desc="train", disable=not (progress and env.is_main),
+    search = None if config.zero_codes else config.search_config(net.config.num_levels)
+    model, autocast = _for_ranks_and_device(net, config, env, device)
+    metadata = functools.partial(_model_metadata, config, paths, device, data.description)  # metadata(run)
+    bar = tqdm(total=config.steps, initial=run.step, desc="train", disable=not (progress and env.is_main),
                dynamic_ncols=True)
-    share = _rank_share(config.pool_size, env)
-    last_log_time, last_log_step = time.time(), step
-    started = time.time() - elapsed
-    message, final_state = "", FINISHED
-    pool, budget_reached = None, False
-    try:
-        with _StopRequest() as stop:
-            while step < config.steps:
-                # -- search: a new pool of crops, a code for each --------------------------------
-                if step // config.steps_per_pool != pool_index or pool_codes is None:
-                    pool_index = step // config.steps_per_pool
-                    pool = data.sampler.batch(pool_index, config.pool_size)
-                    pool_codes = None
-                    x_share, y_share = pool.x[share].to(device), pool.y[share].to(device)
-                    tic = time.time()
-                    if config.zero_codes:
-                        codes = LatentCodes.zeros(net.code_shape(tuple(y_share.shape[-2:])), len(y_share), device)
-                        distances = torch.zeros(len(y_share), net.num_levels)
-                    else:
-                        generator = torch.Generator(device).manual_seed(_seed_for(config.seed, pool_index, env.rank))
-                        net.eval()
-                        with autocast():
-                            result = chimle_search(net, task, distance, x_share, y_share, search_config, generator)
-                        codes, distances = result.codes, result.distances.float().cpu()
-                    timing["search_seconds"] += time.time() - tic
-                    pool_codes, pool_distances = _gather_codes(codes, distances, env)
-                    net.train()
-                elif pool is None:  # resumed inside a pool: same crops, codes from the state
-                    pool = data.sampler.batch(pool_index, config.pool_size)
-                batch_order = torch.Generator().manual_seed(_seed_for(config.seed, pool_index, env.rank, 1))
-                picks = torch.randint(share.stop - share.start, (config.steps_per_pool, config.batch_size),
-                                      generator=batch_order)[step % config.steps_per_pool] + share.start
 
-                # -- step: one update on a batch of the pool with its cached codes -----------
-                tic = time.time()
-                x, y = pool.x[picks].to(device), pool.y[picks].to(device)
-                codes = _index_codes(pool_codes, picks, device)
-                with autocast():
-                    loss = imle_loss(model, task, distance, x, codes, y, config.level_weights, config.l1_weight)
-                if not torch.isfinite(loss.total):
-                    raise TrainingFailed(f"non-finite loss ({loss.total.item()}) at step {step + 1}; "
-                                         f"the last good checkpoint is kept")
-                optimizer.zero_grad(set_to_none=True)
-                loss.total.backward()
-                optimizer.step()
-                step += 1
-                timing["update_seconds"] += time.time() - tic
-                bar.update(1)
+    with record_failure(paths, run, config.steps, write=env.is_main), bar, _StopRequest() as stop:
+        if env.is_main:  # rank 0 alone writes files
+            _prepare_run_folder(paths, run.step, config.steps, None if resume else _config_record(
+                config, net, task, data.description, run.lineage, env, device))
+        stopped = budget_spent = False
+        run.start_clock()
+        while run.step < config.steps:
+            # Search: a new pool of crops, a code for each (every rank its share, then gathered).
+            if run.step // config.steps_per_pool != run.pool_index or run.pool_codes is None:
+                run.pool_index = run.step // config.steps_per_pool
+                run.pool = data.sampler.batch(run.pool_index, config.pool_size)
+                seed = _seed_for(config.seed, run.pool_index, env.rank)
+                with run.timed("search_seconds"):
+                    codes, distances = _search_codes(net, task, distance, search, run.pool, seed, env, autocast)
+                run.pool_codes, run.pool_distances = _gather_codes(codes, distances, env)
+            elif run.pool is None:  # resumed inside a pool: same crops, codes from the state
+                run.pool = data.sampler.batch(run.pool_index, config.pool_size)
 
-                # -- log ---------------------------------------------------------------
-                if env.is_main and (step % config.log_every == 0 or step == config.steps):
-                    now_time = time.time()
-                    rate = (step - last_log_step) * config.batch_size * env.world_size / max(now_time - last_log_time, 1e-9)
-                    elapsed = now_time - started
-                    seconds_per_step = elapsed / max(step, 1)
-                    eta = seconds_per_step * (config.steps - step)
-                    if config.time_budget_minutes:
-                        eta = min(eta, max(60 * config.time_budget_minutes - elapsed, 0.0))
-                    record = {
-                        "step": step, "pool": pool_index, "loss": loss.total.item(),
-                        "loss_per_level": loss.per_level.tolist(),
-                        "search_distance_per_level": pool_distances.mean(0).tolist(),
-                        "images_per_second": rate, "elapsed_seconds": elapsed,
-                        "eta_seconds": eta,
-                        "search_seconds": timing["search_seconds"], "update_seconds": timing["update_seconds"],
-                        "search_share": timing["search_seconds"] / max(sum(timing.values()), 1e-9),
-                    }
-                    append_metrics(paths, record)
-                    write_status(paths, RUNNING, step, config.steps, "training",
-                                 eta_seconds=record["eta_seconds"], loss=record["loss"])
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", search=f"{record['search_share']:.0%}")
-                    last_log_time, last_log_step = now_time, step
+            # Step: one update on a random batch of the pool, with its cached codes.
+            picks = _batch_picks(config, run, env)
+            with run.timed("update_seconds"):
+                loss = _update(model, optimizer, task, distance, run, picks, config, autocast)
+                run.step += 1
+            bar.update(1)
 
-                # -- snapshot ----------------------------------------------------------
-                if env.is_main and (step % config.sample_every == 0 or step == config.steps):
-                    net.eval()
-                    grid = _sample_grid(net, task, data.validation, config.seed)
-                    save_png(paths.samples / f"step-{step:07d}.png", grid)
-                    net.train()
-                if env.is_main and (step % config.checkpoint_every == 0 or step == config.steps or stop.requested):
-                    _save_training_state(paths, net, task, optimizer, step, pool_index, pool_codes, pool_distances,
-                                         config, time.time() - started, timing, data.description)
-                    saved_step = step
-                    if step % config.snapshot_every == 0:
-                        save_checkpoint(paths.snapshot(step), net, task, {"step": step, "run": str(paths.root)})
-                if _any_rank_stopping(stop.requested, env):
-                    final_state, message = STOPPED, f"stopped at step {step} on request"
-                    break
-                if config.time_budget_minutes and time.time() - started >= 60 * config.time_budget_minutes:
-                    if env.is_main:
-                        _save_training_state(paths, net, task, optimizer, step, pool_index, pool_codes,
-                                             pool_distances, config, time.time() - started, timing,
-                                             data.description)
-                        saved_step = step
-                    budget_reached = True
-                    break
-        if final_state == FINISHED and env.is_main:
-            save_checkpoint(paths.final_model, net, task, {"step": step, "run": str(paths.root),
-                                                           "data": data.description.get("root", ""),
-                                                           "method": config.method, "preset": config.preset,
-                                                           "train_seconds": round(time.time() - started, 1)},
-                            half=config.half_final)
-            message = f"finished {step} steps" + (" (time budget reached)" if budget_reached else "")
+            # Log: a line of metrics.jsonl, status.json, the progress bar.
+            if env.is_main and _due(run.step, config.log_every, config.steps):
+                _log(paths, run, loss, config, env.world_size, bar)
+
+            # Snapshot: the sample grid; the resumable state (also before a stop), a numbered model.
+            if env.is_main and _due(run.step, config.sample_every, config.steps):
+                save_png(paths.sample_grid(run.step), _sample_grid(net, task, data.validation, config.seed))
+            if env.is_main and (_due(run.step, config.checkpoint_every, config.steps) or stop.requested):
+                _save_training_state(paths, net, task, optimizer, run, metadata(run))
+                if run.step % config.snapshot_every == 0:
+                    save_checkpoint(paths.snapshot(run.step), net, task, {"step": run.step, "run": str(paths.root)})
+
+            # Stop: all ranks together when one is asked to, or once the time budget is spent.
+            stopped = _any_rank_stopping(stop.requested, env)
+            budget_spent = not stopped and _out_of_time(config, run)
+            if budget_spent and env.is_main:  # the state at the last step: a longer budget resumes it
+                _save_training_state(paths, net, task, optimizer, run, metadata(run))
+            if stopped or budget_spent:
+                break
+
+        # Finish: the final model (unless stopped on request) and the final status.
+        state, message = _outcome(run.step, stopped, budget_spent)
+        if env.is_main and state == FINISHED:
+            save_checkpoint(paths.final_model, net, task, metadata(run), half=config.half_final)
         if env.is_main:
-            write_status(paths, final_state, step, config.steps, message)
-    except TrainingFailed as error:
-        raise _failed(paths, env, step, config.steps, str(error)) from None
-    except OSError as error:  # a full disk, a vanished folder: name the file, say what is kept
-        raise _failed(paths, env, step, config.steps, _write_failure(error, step, saved_step)) from error
-    except Exception as error:
-        raise _failed(paths, env, step, config.steps,
-                      f"training failed at step {step}: {type(error).__name__}: {error}") from error
-    finally:
-        bar.close()
-    if env.world_size > 1:
-        dist.barrier()
+            write_status(paths, state, run.step, config.steps, message)
+    env.barrier()
     # The digest lets callers (and the multi-process test) compare weights across ranks.
-    return {"state": final_state, "step": step, "message": message,
+    return {"state": state, "step": run.step, "message": message,
             "weights_digest": tensor_digest({k: v.detach().cpu() for k, v in net.state_dict().items()})}
 
 
@@ -544,11 +727,17 @@ def _any_rank_stopping(requested: bool, env: Distributed) -> bool:
     return flag.item() > 0
 
 
+def _read_config(paths: RunPaths) -> dict:
+    try:
+        return json.loads(paths.config.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{paths.root} is not a run folder (no readable config.json): {error}") from None
+
+
 def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The TrainConfig a run was started with (for --resume)."""
     paths = RunPaths(run_dir)
-    try:
-        values = json.loads(paths.config.read_text())["train"]
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"{paths.root} is not a run folder (no readable config.json): {error}") from None
-    return TrainConfig.from_dict(values)
+    values = _read_config(paths)
+    if "train" not in values:
+        raise ValueError(f"{paths.root} is not a run folder (config.json has no 'train' section)")
+    return TrainConfig.from_dict(values["train"])

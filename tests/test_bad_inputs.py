@@ -30,9 +30,9 @@ import app
 from chimle.checkpoint import load_checkpoint, model_fingerprint, save_codes
 from chimle.cli import main
 from chimle.codes import LatentCodes
+from chimle.editing import EditError, LevelEdit
 from chimle.studio.handlers import StudioSettings
 from chimle.studio.security import TrainingPolicy
-from chimle.studio.session import LevelEdit, StudioError
 
 from .studio_helpers import free_port, one_torch_thread, photo, pixels, tiny_checkpoint
 from .test_images import png_bytes
@@ -554,5 +554,5 @@ def test_studio_loads_the_good_code_and_refuses_a_file_of_another_type(studio, c
     (dict(local_seed=2 ** 40), "seeds must lie between 0 and 4294967295"),
 ])
 def test_level_edits_refuse_values_that_cannot_render(edit, message):
-    with pytest.raises(StudioError, match=message):
+    with pytest.raises(EditError, match=message):
         LevelEdit(**edit)

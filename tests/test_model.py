@@ -18,7 +18,7 @@ def _codes(net, size, batch=2, seed=0):
 
 
 def test_paper_preset_has_the_authors_size():
-    # DESIGN.md section 4: about 210 M parameters. Counted, never run.
+    # The authors' size, about 210 M parameters (docs/method.md#model-sizes-and-presets). Counted, never run.
     net = TowerImplicitModel(preset("paper", 1, 2))
     assert abs(count_parameters(net) - 210e6) / 210e6 < 0.10
     assert net.num_levels == 4

@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file
 
 import app
 from chimle.checkpoint import load_codes
-from chimle.studio.handlers import MAX_LEVELS, Studio, StudioSettings
+from chimle.studio.handlers import StudioSettings
 from chimle.studio.security import TrainingPolicy
 
 from .studio_helpers import (free_port, one_torch_thread, photo, pixels, stop_leftover_runs, tiny_checkpoint,
@@ -253,16 +253,39 @@ def test_a_stopped_run_resumes_to_the_end(studio_app):
 # -- handlers without a server ------------------------------------------------------------
 
 
+def test_handlers_update_the_widgets_of_their_level_by_name(tmp_path, single_thread):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    model_path = tiny_checkpoint(checkpoints, "colourization", levels=3)
+    image_path = tmp_path / "input.png"
+    photo("astronaut", (64, 64)).save(image_path)
+    settings = StudioSettings(checkpoints=checkpoints, runs=tmp_path / "runs", data_root=tmp_path,
+                              assets=tmp_path, policy=TrainingPolicy(False, "off"))
+    _, studio = app.build_studio(settings)
+    page = studio.explore
+    started = studio.start(None, str(model_path), str(image_path), None, 64, 2, 5, False)
+    session = started[page.state]
+    assert started[page.seed] == 5 and len(started[page.gallery]) == 2
+    assert [started[level.tab]["visible"] for level in page.levels] == [True, True, True, False]
+    assert started[page.levels[1].lock] is False
+    # An edit updates the result area only; Randomise also resets its own level's sliders.
+    edited = studio.edit_level(2, session, True, 0, 0, 0, 0, 0, 0.0, 4, 0.5, 1.0)
+    assert set(edited) == set(page.editor) and edited[page.status].startswith("Rendered level 3 ")
+    randomised = studio.randomise_level(2, session)
+    assert set(randomised) == set(page.editor) | set(page.levels[2].outputs)
+    assert randomised[page.levels[2].local_blend] == 0.0  # back to neutral
+
+
 def test_training_is_refused_when_the_policy_says_so(tmp_path):
     write_photos(tmp_path / "data" / "photos")
     settings = StudioSettings(checkpoints=tmp_path, runs=tmp_path / "runs", data_root=tmp_path / "data",
                               assets=tmp_path, policy=TrainingPolicy(False, "disabled on Spaces"))
-    studio = Studio(settings)
+    _, studio = app.build_studio(settings)
     with pytest.raises(gr.Error, match="disabled on Spaces"):
         studio.start_training("colourization", "tiny", 4, "x", "photos", None, "")
     assert studio.training_form()["choices"] == []  # no server folders listed
     refreshed = studio.refresh_runs(None)
-    assert refreshed[2] == "disabled on Spaces" and refreshed[0].empty
+    assert refreshed[studio.train.run_status] == "disabled on Spaces" and refreshed[studio.train.runs_table].empty
     assert not (tmp_path / "runs").exists()
 
 
@@ -270,7 +293,7 @@ def test_a_zip_of_photos_is_unpacked_into_the_run_or_refused_whole(tmp_path):
     photos = write_photos(tmp_path / "photos")
     settings = StudioSettings(checkpoints=tmp_path, runs=tmp_path / "runs", data_root=tmp_path / "data",
                               assets=tmp_path, policy=TrainingPolicy(True, "ok"))
-    studio = Studio(settings)
+    _, studio = app.build_studio(settings)
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as archive:
         archive.write(photos[0], "ok.png")
@@ -284,7 +307,7 @@ def test_a_zip_of_photos_is_unpacked_into_the_run_or_refused_whole(tmp_path):
             archive.write(path, f"holiday/{path.name}")
     try:
         outputs = studio.start_training("colourization", "tiny", 4, "zipped", None, str(good), TINY_RUN_FLAGS)
-        assert outputs[0] == "Started run **zipped** on 3 photos from the archive."
+        assert outputs[studio.train.message] == "Started run **zipped** on 3 photos from the archive."
         assert sorted(p.name for p in (tmp_path / "runs" / "zipped" / "data" / "holiday").iterdir()) == \
             sorted(p.name for p in photos)
     finally:
@@ -296,7 +319,7 @@ def test_data_folders_outside_the_root_are_refused(tmp_path):
     (tmp_path / "elsewhere").mkdir()
     settings = StudioSettings(checkpoints=tmp_path, runs=tmp_path / "runs", data_root=tmp_path / "data",
                               assets=tmp_path, policy=TrainingPolicy(True, "ok"))
-    studio = Studio(settings)
+    _, studio = app.build_studio(settings)
     for folder in ("../elsewhere", str(tmp_path / "elsewhere")):
         with pytest.raises(gr.Error, match="'..'|outside the data root"):
             studio.start_training("colourization", "tiny", 4, "x", folder, None, "")
@@ -317,7 +340,7 @@ def test_page_settings_from_the_command_line(tmp_path, monkeypatch):
     assert not app.settings_from_args(app.parse_args(["--allow-training"])).policy.allowed
     assert app.launch_options(defaults)["allowed_paths"] == ([] if not app.find_examples(defaults.assets)
                                                               else [str(defaults.assets)])
-    assert MAX_LEVELS >= 3
+    assert app.MAX_LEVELS >= 3
 
 
 def test_examples_appear_only_when_assets_hold_photos(tmp_path):

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
+from chimle.editing import EditError, LevelEdit, apply_edits, first_changed_level
 from chimle.ivo import IvOConfig
 from chimle.pipeline import sample_codes
 from chimle.studio.models import ModelCache
 from chimle.studio import session as session_module
-from chimle.studio.session import (MAX_SAMPLES, LevelEdit, RenderCaches, StudioError, StudioSession, blend,
-                                   first_changed_level, render_bytes, seeded_level)
+from chimle.studio.session import MAX_SAMPLES, RenderCaches, StudioError, StudioSession, render_bytes
 
 from .studio_helpers import one_torch_thread, photo, pixels, tiny_checkpoint
 
@@ -101,25 +99,17 @@ def test_returning_the_sliders_to_neutral_gives_back_the_exact_code(session, mod
     assert session.edit_level(models["colour"], 1, LevelEdit(global_seed=5)).start_level is None
 
 
-def test_blend_formula_and_renormalisation():
-    generator = torch.Generator().manual_seed(0)
-    z0, z1 = torch.randn(2, 200_000, generator=generator)
-    assert torch.equal(blend(z0, z1, 0.0, True), z0)
-    assert torch.allclose(blend(z0, z1, 1.0, True), z1)
-    assert torch.allclose(blend(z0, z1, 0.5, False), 0.5 * z0 + 0.5 * z1)
-    assert torch.allclose(blend(z0, z1, 0.5, True), (0.5 * z0 + 0.5 * z1) / math.sqrt(0.5))
-    # Renormalised mixes of independent N(0, 1) codes are N(0, 1) again; plain ones shrink.
-    for amount in (0.25, 0.5, 0.8):
-        assert abs(blend(z0, z1, amount, True).var().item() - 1) < 0.02
-    assert abs(blend(z0, z1, 0.5, False).var().item() - 0.5) < 0.02
-
-
-def test_blend_targets_differ_per_level_and_part(session):
-    g0, l0 = seeded_level(session.current, 0, 11)
-    g1, _ = seeded_level(session.current, 1, 11)
-    assert not torch.equal(g0, g1)
-    assert torch.equal(seeded_level(session.current, 0, 11)[0], g0)  # reproducible
-    assert l0.shape == session.current.locals[0].shape
+def test_the_current_code_is_the_base_with_every_levels_sliders(session, models):
+    model = models["colour"]
+    blended, moved = LevelEdit(global_seed=5, global_blend=0.5), LevelEdit(directions=(1.0, 0, 0, 0))
+    session.edit_level(model, 0, blended)
+    # Level 1's edit is recomputed with every edit, to the same bits: level 3's edit renders level 3 only.
+    assert session.edit_level(model, 2, LevelEdit(noise_scale=0.5)).start_level == 2
+    # Switching "renormalise" off applies to the blend of level 1 too, not only to the level now edited.
+    session.edit_level(model, 2, moved, renormalise=False)
+    assert session.current.equal(apply_edits(session.origin, {0: blended, 2: moved}, model.directions,
+                                             renormalise=False))
+    assert session.last_render.start_level == 0
 
 
 def test_locked_levels_are_kept_in_new_samples(session, models):
@@ -227,7 +217,7 @@ def test_operations_need_their_inputs(models):
         session.edit_level(models["colour"], 3, LevelEdit())
     with pytest.raises(StudioError, match="at most"):
         session.draw_samples(models["colour"], MAX_SAMPLES + 1)
-    with pytest.raises(StudioError, match="blends"):
+    with pytest.raises(EditError, match="blends"):
         LevelEdit(global_blend=1.5)
 
 

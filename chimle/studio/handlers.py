@@ -1,10 +1,10 @@
-"""Gradio-facing handlers: widget values in, widget values (or updates) out.
+"""Gradio-facing handlers: widget values in, updates keyed by widget out.
 
-`app.py` lays out the widgets and connects them to the methods of `Studio`; each method's
-return values come in the order of the output list `app.py` gives it: EDITOR_OUTPUTS (below)
-for the result area, then, where a method resets sliders, CONTROLS_PER_LEVEL values for each
-of the MAX_LEVELS level tabs. The work itself happens in `session.StudioSession` and
-`training`; this module only translates.
+`app.py` lays out the widgets, names them in `widgets.ExploreWidgets` and `TrainWidgets`,
+and connects them to the methods of `Studio`. Each method returns a dict
+{widget: value or gr.update(...)} for the widgets it changes; the event's other outputs
+stay as they are. The work itself happens in `session.StudioSession`, `chimle.editing`
+and `training`; this module only translates.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import gradio as gr
 import pandas as pd
@@ -25,6 +25,7 @@ from PIL import Image
 from ..checkpoint import CheckpointError, tensor_digest
 from ..config import PRESETS
 from ..data import DataError
+from ..editing import EditError, LevelEdit
 from ..images import IMAGE_EXTENSIONS, ImageError, load_rgb
 from ..ivo import IvOConfig
 from ..perceptual import BackboneWeightsError, load_perceptual_distance
@@ -32,21 +33,18 @@ from ..runs import FINISHED, RunPaths
 from ..tasks import TASK_NAMES
 from . import training
 from .inputs import UPLOAD_MAX_PIXELS
-from .models import MODELS, NUM_DIRECTIONS, LoadedModel, find_models
+from .models import MODELS, LoadedModel, find_models
 from .security import (TrainingPolicy, UnsafePathError, ZipLimits, confine_data_folder, data_folders,
                        extract_images_zip)
-from .session import LevelEdit, RenderReport, StudioError, StudioSession
+from .session import RenderReport, StudioError, StudioSession
+from .widgets import ExploreWidgets, TrainWidgets
 
-MAX_LEVELS = 4  # level panels on the page; a model with more levels shows its first four
-# Per level: the panel, 4 direction sliders, global seed and blend, local seed, blend and
-# noise scale, and the lock box.
-CONTROLS_PER_LEVEL = 1 + NUM_DIRECTIONS + 5 + 1
-EDITOR_OUTPUTS = ("state", "result", "level_strip", "compare_input", "compare_truth", "status")
 IVO_REPORT_EVERY = 5
 DEFAULT_MAX_SIDE = 256
 
-USER_ERRORS = (StudioError, ImageError, CheckpointError, DataError, UnsafePathError, training.TrainingError,
-               BackboneWeightsError)
+USER_ERRORS = (StudioError, EditError, ImageError, CheckpointError, DataError, UnsafePathError,
+               training.TrainingError, BackboneWeightsError)
+Updates = dict[gr.blocks.Block, Any]  # {widget: value or gr.update(...)}
 
 
 @contextlib.contextmanager
@@ -69,6 +67,27 @@ class StudioSettings:
     assets: Path
     policy: TrainingPolicy
     default_max_side: int = DEFAULT_MAX_SIDE
+
+
+def model_choices(settings: StudioSettings) -> list[tuple[str, str]]:
+    """The model dropdown's (label, path) choices, freshly scanned."""
+    return [(entry.label, str(entry.path)) for entry in find_models(settings.checkpoints, settings.runs)]
+
+
+class Downloads:
+    """Saved results, one folder per session, in a temporary folder removed when the app exits."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="chimle-studio-"))
+        atexit.register(shutil.rmtree, self.root, ignore_errors=True)
+
+    def folder(self, session: StudioSession) -> Path:
+        return self.root / f"{id(session):x}"
+
+    def forget(self, session: StudioSession | None) -> None:
+        """gr.State's delete callback: drop the session's saved files."""
+        if session is not None:
+            shutil.rmtree(self.folder(session), ignore_errors=True)
 
 
 def find_examples(assets: Path) -> list[str]:
@@ -94,12 +113,17 @@ def describe_render(report: RenderReport | None, num_levels: int) -> str:
 
 
 class Studio:
-    """The handlers of one app instance; `settings` fixes folders and the training policy."""
+    """The handlers of one app instance, and the widgets they update.
 
-    def __init__(self, settings: StudioSettings) -> None:
-        self.settings = settings
-        self.exports_root = Path(tempfile.mkdtemp(prefix="chimle-studio-"))
-        atexit.register(shutil.rmtree, self.exports_root, ignore_errors=True)
+    Args:
+        settings: folders and the training policy.
+        explore, train: the page's widgets, which the handlers' updates are keyed by.
+        downloads: where saved results go (its `forget` is the session state's delete callback).
+    """
+
+    def __init__(self, settings: StudioSettings, explore: ExploreWidgets, train: TrainWidgets,
+                 downloads: Downloads) -> None:
+        self.settings, self.explore, self.train, self.downloads = settings, explore, train, downloads
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -120,10 +144,11 @@ class Studio:
         return MODELS.get(model_path)
 
     def model_choices(self) -> list[tuple[str, str]]:
-        return [(entry.label, str(entry.path)) for entry in find_models(self.settings.checkpoints, self.settings.runs)]
+        return model_choices(self.settings)
 
-    def editor_values(self, session: StudioSession, model: LoadedModel | None, message: str = "") -> list:
-        """Values for EDITOR_OUTPUTS."""
+    def editor_values(self, session: StudioSession, model: LoadedModel | None, message: str = "") -> Updates:
+        """The session and the result area (`ExploreWidgets.editor`)."""
+        page = self.explore
         result = session.result_image()
         strip = [(image, _level_caption(session, level)) for level, image in enumerate(session.level_strip())]
         compare_input = (session.input_preview(model), result) if result is not None and model else None
@@ -132,16 +157,16 @@ class Studio:
         else:
             compare_truth = gr.update(value=None, visible=False)
         status = message or describe_render(session.last_render, len(session.level_images))
-        return [session, result, strip, compare_input, compare_truth, status]
+        return {page.state: session, page.result: result, page.level_strip: strip,
+                page.compare_input: compare_input, page.compare_truth: compare_truth, page.status: status}
 
     def control_values(self, session: StudioSession, model: LoadedModel | None,
-                       levels: list[int] | None = None) -> list:
-        """Values for the level panels (CONTROLS_PER_LEVEL each); levels not listed are skipped."""
+                       levels: list[int] | None = None) -> Updates:
+        """The level tabs' widgets set to the session's sliders, for `levels` (default: every tab)."""
         num_levels = model.num_levels if model is not None else 0
-        values = []
-        for level in range(MAX_LEVELS):
+        updates = {}
+        for level, widgets in enumerate(self.explore.levels):
             if levels is not None and level not in levels:
-                values.extend([gr.skip()] * CONTROLS_PER_LEVEL)
                 continue
             visible = level < num_levels and session.current is not None
             edit = session.edits[level] if visible else LevelEdit()
@@ -149,33 +174,37 @@ class Studio:
             if visible:
                 h, w = session.current.locals[level].shape[-2:]
                 title += f" · {2 * w}×{2 * h}"  # the level's output size
-            values.append(gr.update(visible=visible, label=title))
+            updates[widgets.tab] = gr.update(visible=visible, label=title)
             explained = model.directions(level).explained.tolist() if visible else []
-            for index in range(NUM_DIRECTIONS):
+            for index, (slider, amount) in enumerate(zip(widgets.directions, edit.directions)):
                 label = (f"Direction {index + 1} ({explained[index]:.0%} of variance)" if index < len(explained)
                          else f"Direction {index + 1}")
-                values.append(gr.update(value=edit.directions[index], label=label,
-                                        visible=not visible or index < len(explained)))
-            values.extend([edit.global_seed, edit.global_blend, edit.local_seed, edit.local_blend,
-                           edit.noise_scale, session.locked[level] if visible else False])
-        return values
+                updates[slider] = gr.update(value=amount, label=label, visible=not visible or index < len(explained))
+            updates.update({widgets.global_seed: edit.global_seed, widgets.global_blend: edit.global_blend,
+                            widgets.local_seed: edit.local_seed, widgets.local_blend: edit.local_blend,
+                            widgets.noise_scale: edit.noise_scale,
+                            widgets.lock: session.locked[level] if visible else False})
+        return updates
 
-    def _full(self, session: StudioSession, model: LoadedModel | None, message: str = "") -> list:
-        return self.editor_values(session, model, message) + self.control_values(session, model)
+    def _full(self, session: StudioSession, model: LoadedModel | None, message: str = "") -> Updates:
+        return self.editor_values(session, model, message) | self.control_values(session, model)
 
     @staticmethod
     def gallery_values(session: StudioSession) -> list[tuple[Image.Image, str]]:
         return [(image, f"#{index + 1}") for index, image in enumerate(session.sample_images)]
 
+    def _gallery_and_seed(self, session: StudioSession) -> Updates:
+        return {self.explore.gallery: self.gallery_values(session), self.explore.seed: session.sample_seed}
+
     # -- page load and model ------------------------------------------------------------------
 
-    def load_page(self) -> tuple:
+    def load_page(self) -> Updates:
         """On page load: the model list, freshly scanned, with the first model chosen."""
         choices = self.model_choices()
         value = choices[0][1] if choices else None
         info = "" if choices else (f"No models found: put a `.safetensors` checkpoint in "
                                    f"`{self.settings.checkpoints}` or train one in the Train tab.")
-        return gr.update(choices=choices, value=value), info
+        return {self.explore.model: gr.update(choices=choices, value=value), self.explore.model_info: info}
 
     def refresh_models(self, current: str | None) -> dict:
         choices = self.model_choices()
@@ -183,15 +212,16 @@ class Studio:
         return gr.update(choices=choices, value=current if current in values else (values[0] if values else None))
 
     def start(self, session: StudioSession | None, model_path: str | None, image_path: str | None,
-              reference_path: str | None, max_side: float, num: float, seed: float, randomise_seed: bool) -> list:
+              reference_path: str | None, max_side: float, num: float, seed: float, randomise_seed: bool) -> Updates:
         """A new model, photo or working size: prepare the input and draw a fresh gallery.
 
-        Returns model info, notes, EDITOR_OUTPUTS, level controls, gallery and seed.
+        Updates model info, notes, the editor, the level tabs, the gallery and the seed.
         """
         session = self._session(session)
+        page = self.explore
         if not model_path:
-            return (["No model chosen.", ""] + self._full(session, None)
-                    + [self.gallery_values(session), session.sample_seed])
+            return ({page.model_info: "No model chosen.", page.notes: ""} | self._full(session, None)
+                    | self._gallery_and_seed(session))
         with user_errors():
             model = self.open_model(model_path)
             session.set_model(model)
@@ -204,28 +234,29 @@ class Studio:
                                                    name="the reference image"))
                 session.draw_samples(model, int(num), None if randomise_seed else int(seed or 0))
             notes_text = "\n".join(f"- {note[0].upper()}{note[1:]}." for note in notes)
-            return ([model.describe(), notes_text] + self._full(session, model)
-                    + [self.gallery_values(session), session.sample_seed])
+            return ({page.model_info: model.describe(), page.notes: notes_text} | self._full(session, model)
+                    | self._gallery_and_seed(session))
 
     # -- samples ------------------------------------------------------------------------------
 
-    def generate(self, session: StudioSession | None, num: float, seed: float, randomise_seed: bool) -> list:
-        """A fresh gallery; returns EDITOR_OUTPUTS, level controls, gallery and the seed used."""
+    def generate(self, session: StudioSession | None, num: float, seed: float, randomise_seed: bool) -> Updates:
+        """A fresh gallery; updates the editor, the level tabs, the gallery and the seed used."""
         session = self._session(session)
         with user_errors():
             model = self._model(session)
             session.draw_samples(model, int(num), None if randomise_seed else int(seed or 0))
-            return self._full(session, model) + [self.gallery_values(session), session.sample_seed]
+            return self._full(session, model) | self._gallery_and_seed(session)
 
-    def more(self, session: StudioSession | None, num: float) -> list:
+    def more(self, session: StudioSession | None, num: float) -> Updates:
         session = self._session(session)
+        page = self.explore
         with user_errors():
             model = self._model(session)
             session.draw_samples(model, int(num), more=True)
-            return [session, self.gallery_values(session),
-                    f"{len(session.sample_images)} samples; click one to make it the current result."]
+            return {page.state: session, page.gallery: self.gallery_values(session),
+                    page.status: f"{len(session.sample_images)} samples; click one to make it the current result."}
 
-    def select(self, session: StudioSession | None, evt: gr.SelectData) -> list:
+    def select(self, session: StudioSession | None, evt: gr.SelectData) -> Updates:
         session = self._session(session)
         with user_errors():
             model = self._model(session)
@@ -235,42 +266,43 @@ class Studio:
     # -- level edits --------------------------------------------------------------------------
 
     def edit_level(self, level: int, session: StudioSession | None, renormalise: bool,
-                   *values: float) -> list:
-        """One level's sliders moved: `values` are the 4 directions, then global seed and
-        blend, local seed and blend, noise scale. Returns EDITOR_OUTPUTS."""
+                   *values: float) -> Updates:
+        """One level's sliders moved: `values` are its `LevelWidgets.sliders` (the directions, then
+        global seed and blend, local seed and blend, noise scale). Updates the editor."""
         session = self._session(session)
         with user_errors():
             model = self._model(session)
-            directions = values[:NUM_DIRECTIONS]
-            global_seed, global_blend, local_seed, local_blend, noise_scale = values[NUM_DIRECTIONS:]
+            count = len(self.explore.levels[level].directions)
+            directions = values[:count]
+            global_seed, global_blend, local_seed, local_blend, noise_scale = values[count:]
             edit = LevelEdit(tuple(float(a or 0) for a in directions), int(global_seed or 0),
                              float(global_blend or 0), int(local_seed or 0), float(local_blend or 0),
                              float(1.0 if noise_scale is None else noise_scale))
             session.edit_level(model, level, edit, renormalise)
             return self.editor_values(session, model)
 
-    def randomise_level(self, level: int, session: StudioSession | None) -> list:
+    def randomise_level(self, level: int, session: StudioSession | None) -> Updates:
         session = self._session(session)
         with user_errors():
             model = self._model(session)
             session.randomise_level(model, level)
-            return self.editor_values(session, model) + self.control_values(session, model, [level])
+            return self.editor_values(session, model) | self.control_values(session, model, [level])
 
-    def reset_level(self, level: int, session: StudioSession | None) -> list:
+    def reset_level(self, level: int, session: StudioSession | None) -> Updates:
         session = self._session(session)
         with user_errors():
             model = self._model(session)
             session.reset_level(model, level)
-            return self.editor_values(session, model) + self.control_values(session, model, [level])
+            return self.editor_values(session, model) | self.control_values(session, model, [level])
 
-    def lock_level(self, level: int, session: StudioSession | None, locked: bool) -> list:
+    def lock_level(self, level: int, session: StudioSession | None, locked: bool) -> Updates:
         session = self._session(session)
         with user_errors():
             session.set_locked(level, locked)
             state = "locked: it keeps its code when samples or levels are re-drawn" if locked else "unlocked"
-            return [session, f"Level {level + 1} {state}."]
+            return {self.explore.state: session, self.explore.status: f"Level {level + 1} {state}."}
 
-    def randomise_unlocked(self, session: StudioSession | None) -> list:
+    def randomise_unlocked(self, session: StudioSession | None) -> Updates:
         session = self._session(session)
         with user_errors():
             model = self._model(session)
@@ -279,7 +311,7 @@ class Studio:
 
     # -- compare, save, load ------------------------------------------------------------------
 
-    def set_reference(self, session: StudioSession | None, reference_path: str | None) -> list:
+    def set_reference(self, session: StudioSession | None, reference_path: str | None) -> Updates:
         session = self._session(session)
         with user_errors():
             image = load_rgb(reference_path, max_pixels=UPLOAD_MAX_PIXELS, name="the reference image") \
@@ -290,23 +322,24 @@ class Studio:
             model = self._model(session) if session.model_path else None
             return self.editor_values(session, model, "Reference set." if image else "Reference removed.")
 
-    def save(self, session: StudioSession | None) -> list:
+    def save(self, session: StudioSession | None) -> Updates:
         """Write the result (PNG) and its code (.safetensors) for download."""
         session = self._session(session)
         with user_errors():
             model = self._model(session)
             codes = session.require_current()
             # One folder per session: a new save replaces the previous files.
-            folder = self.exports_root / f"{id(session):x}"
+            folder = self.downloads.folder(session)
             shutil.rmtree(folder, ignore_errors=True)
             stem = f"chimle-{model.path.stem}-{tensor_digest(codes.to_tensors())[:8]}"
             image_path, codes_path = session.export(model, folder, stem)
-            return [gr.update(value=[str(image_path), str(codes_path)], visible=True),
-                    f"Saved `{image_path.name}` (lossless PNG) and `{codes_path.name}` (its code: load it "
-                    f"back with the same model, photo and working size to re-render it exactly)."]
+            return {self.explore.downloads: gr.update(value=[str(image_path), str(codes_path)], visible=True),
+                    self.explore.status: f"Saved `{image_path.name}` (lossless PNG) and `{codes_path.name}` (its "
+                                         f"code: load it back with the same model, photo and working size to "
+                                         f"re-render it exactly)."}
 
-    def load_code(self, session: StudioSession | None, codes_path: str | None) -> list:
-        """Returns EDITOR_OUTPUTS, level controls and the gallery."""
+    def load_code(self, session: StudioSession | None, codes_path: str | None) -> Updates:
+        """Updates the editor, the level tabs and the gallery."""
         session = self._session(session)
         with user_errors():
             if not codes_path:
@@ -315,17 +348,12 @@ class Studio:
             count = session.load_code_file(model, codes_path)
             message = ("Loaded the saved code." if count == 1
                        else f"Loaded {count} codes into the gallery; the first is the current result.")
-            return self._full(session, model, message) + [self.gallery_values(session)]
-
-    def forget(self, session: StudioSession | None) -> None:
-        """gr.State's delete callback: drop the session's saved files."""
-        if session is not None:
-            shutil.rmtree(self.exports_root / f"{id(session):x}", ignore_errors=True)
+            return self._full(session, model, message) | {self.explore.gallery: self.gallery_values(session)}
 
     # -- reconstruction -----------------------------------------------------------------------
 
-    def reconstruct(self, session: StudioSession | None, steps: float, lr: float) -> Iterator[list]:
-        """IvO toward the reference, streaming: yields the progress text, EDITOR_OUTPUTS and controls."""
+    def reconstruct(self, session: StudioSession | None, steps: float, lr: float) -> Iterator[Updates]:
+        """IvO toward the reference, streaming: each report updates the progress text and the editor."""
         session = self._session(session)
         with user_errors():
             model = self._model(session)
@@ -337,11 +365,13 @@ class Studio:
                         f"LPIPS {update.lpips:.4f}")
                 if update.step == update.total_steps:
                     text += " (done: the result is the current code; edit it with the sliders)"
-                # Controls are reset once: the found code is the new starting point of the sliders.
-                controls = self.control_values(session, model) if first or update.step == update.total_steps \
-                    else [gr.skip()] * (MAX_LEVELS * CONTROLS_PER_LEVEL)
+                updates = {self.explore.ivo_status: text} | self.editor_values(session, model, text)
+                # Sliders are reset once at the start and at the end: the found code is their
+                # new starting point.
+                if first or update.step == update.total_steps:
+                    updates |= self.control_values(session, model)
                 first = False
-                yield [text] + self.editor_values(session, model, text) + controls
+                yield updates
 
     # -- training -----------------------------------------------------------------------------
 
@@ -356,7 +386,7 @@ class Studio:
         if not self.settings.policy.allowed:
             raise training.TrainingError(self.settings.policy.reason)
 
-    def refresh_runs(self, selected: str | None) -> list:
+    def refresh_runs(self, selected: str | None) -> Updates:
         """Runs table, run choice, and the chosen run's status, curve, samples, log and buttons."""
         if not self.settings.policy.allowed:
             return self._no_run([], self.settings.policy.reason)
@@ -381,21 +411,25 @@ class Studio:
                 grid = load_rgb(grid_path)
         log = training.log_tail(run.paths) if run.paths.log.is_file() else \
             "(no train.log: this run was not started from the studio)"
-        return [training.runs_table(runs), gr.update(choices=names, value=selected), status,
-                training.loss_frame(run.paths), grid, log,
-                gr.update(interactive=run.can_stop), gr.update(interactive=run.can_resume or run.state == FINISHED),
-                gr.update(interactive=run.has_model)]
+        page = self.train
+        return {page.runs_table: training.runs_table(runs), page.run_choice: gr.update(choices=names, value=selected),
+                page.run_status: status, page.loss_plot: training.loss_frame(run.paths), page.sample_grid: grid,
+                page.run_log: log, page.stop: gr.update(interactive=run.can_stop),
+                page.resume: gr.update(interactive=run.can_resume or run.state == FINISHED),
+                page.open_in_explore: gr.update(interactive=run.has_model)}
 
-    @staticmethod
-    def _no_run(runs: list[training.RunInfo], message: str) -> list:
-        """refresh_runs' outputs when no run is chosen: the table, the message, nothing to act on."""
+    def _no_run(self, runs: list[training.RunInfo], message: str) -> Updates:
+        """refresh_runs' updates when no run is chosen: the table, the message, nothing to act on."""
+        page = self.train
         disabled = gr.update(interactive=False)
-        return [training.runs_table(runs), gr.update(choices=[run.name for run in runs], value=None), message,
-                pd.DataFrame(columns=["step", "loss", "series"]), None, "", disabled, disabled, disabled]
+        return {page.runs_table: training.runs_table(runs),
+                page.run_choice: gr.update(choices=[run.name for run in runs], value=None), page.run_status: message,
+                page.loss_plot: pd.DataFrame(columns=["step", "loss", "series"]), page.sample_grid: None,
+                page.run_log: "", page.stop: disabled, page.resume: disabled, page.open_in_explore: disabled}
 
     def start_training(self, task: str, preset: str, steps: float, name: str, data_folder: str | None,
-                       archive: str | None, extra_flags: str) -> list:
-        """Start a run; returns a message and the refreshed run outputs (the new run selected)."""
+                       archive: str | None, extra_flags: str) -> Updates:
+        """Start a run; updates the message and the run widgets (the new run selected)."""
         with user_errors():
             self._require_training()
             if task not in TASK_NAMES or preset not in PRESETS:
@@ -421,21 +455,21 @@ class Studio:
             else:
                 raise training.TrainingError("choose a data folder or upload a zip of photos")
             training.start_run(self.settings.runs, name, task, preset, int(steps), data, flags)
-            return [f"Started run **{name}** on {source}."] + self.refresh_runs(name)
+            return {self.train.message: f"Started run **{name}** on {source}."} | self.refresh_runs(name)
 
-    def stop_training(self, selected: str | None) -> list:
+    def stop_training(self, selected: str | None) -> Updates:
         with user_errors():
             self._require_training()
             message = training.stop_run(self._run_paths(selected))
-            return [message] + self.refresh_runs(selected)
+            return {self.train.message: message} | self.refresh_runs(selected)
 
-    def resume_training(self, selected: str | None, steps: float | None) -> list:
+    def resume_training(self, selected: str | None, steps: float | None) -> Updates:
         with user_errors():
             self._require_training()
             training.resume_run(self._run_paths(selected), int(steps) if steps else None)
-            return [f"Resuming run **{selected}**."] + self.refresh_runs(selected)
+            return {self.train.message: f"Resuming run **{selected}**."} | self.refresh_runs(selected)
 
-    def open_in_explore(self, selected: str | None) -> list:
+    def open_in_explore(self, selected: str | None) -> Updates:
         """The run's final model chosen in Explore, and the Explore tab shown."""
         with user_errors():
             self._require_training()
@@ -443,7 +477,8 @@ class Studio:
             if not paths.final_model.is_file():
                 raise training.TrainingError(f"run {selected} has no final model yet")
             choices = self.model_choices()
-            return [gr.update(choices=choices, value=str(paths.final_model)), gr.Tabs(selected="explore")]
+            return {self.explore.model: gr.update(choices=choices, value=str(paths.final_model)),
+                    self.train.tabs: gr.Tabs(selected="explore")}
 
     def _run_paths(self, selected: str | None) -> RunPaths:
         if not selected:

@@ -19,11 +19,10 @@ from safetensors import SafetensorError, safe_open
 
 from ..checkpoint import CHECKPOINT_FORMAT, Checkpoint, CheckpointError, load_checkpoint, model_fingerprint
 from ..directions import GlobalDirections, global_directions
+from ..editing import NUM_DIRECTIONS
 from ..model import TowerImplicitModel
 from ..runs import RunPaths
 from ..tasks import Task
-
-NUM_DIRECTIONS = 4
 
 
 @dataclass(frozen=True)

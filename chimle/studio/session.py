@@ -7,21 +7,15 @@ Codes of the current result, per level:
     origin   the code the user picked (a gallery sample, an IvO result, a loaded file);
              Reset returns a level to it.
     base     origin, with levels re-drawn by Randomise.
-    current  base with the level's slider edits applied: what is shown, saved and reloaded.
+    current  base with the levels' slider edits applied (`editing.apply_edits`): what is
+             shown, saved and reloaded.
 
-Slider edits are a pure function of (base, slider values), so the same sliders always give
-the same code, and a neutral edit gives back `base` itself, bit for bit.
-
-Blends. A level's global (or local) part moves toward another random code z_seed drawn
-from the seed field: z = (1 - a) z0 + a z_seed. With "renormalise" (the default) the mix is
-divided by sqrt((1 - a)^2 + a^2): for independent z0, z_seed ~ N(0, I) that makes z exactly
-N(0, I) again, so mid-way codes stay where the model was trained (a plain mix at a = 0.5
-has only 71% of a code's typical length, and looks washed out).
+The code maths (edits, blends, seeded levels, which level changed) is `chimle.editing`,
+shared with the benchmarks; this module keeps the state and renders.
 """
 
 from __future__ import annotations
 
-import math
 import secrets
 import threading
 import time
@@ -38,16 +32,16 @@ from PIL import Image
 
 from ..checkpoint import CheckpointError, load_codes, save_codes
 from ..codes import LatentCodes
+from ..editing import MAX_SEED, LevelEdit, apply_edits, first_changed_level, keep_levels, redraw_level
 from ..imageops import resize
 from ..images import pil_to_tensor, save_png, tensor_to_pil
 from ..ivo import IvOConfig, ivo_steps
 from ..model import Render
 from ..pipeline import PreparedInput, prepare, render, sample_codes
 from ..search import Distance
-from .models import NUM_DIRECTIONS, LoadedModel
+from .models import LoadedModel
 
 MAX_SAMPLES = 48  # gallery size bound: each sample keeps its code and a thumbnail in memory
-MAX_SEED = 2 ** 32 - 1  # seeds are 0..MAX_SEED (torch's generator refuses numbers past 64 bits)
 RENDER_CHUNK = 4  # samples rendered per forward pass (bounds peak memory for big inputs)
 # All sessions' render caches together (see RenderCaches): three users' at 256x256 with the
 # cpu model. A dropped cache costs little: the edit renders every level, as a level-1 edit
@@ -57,89 +51,6 @@ RENDER_CACHE_BYTES = 32 * 2 ** 20
 
 class StudioError(ValueError):
     """An operation the current state does not allow; the message is for the user."""
-
-
-@dataclass(frozen=True)
-class LevelEdit:
-    """Slider values of one level. The defaults are the neutral edit.
-
-    Attributes:
-        directions: amounts, in standard deviations, along the level's main global directions.
-        global_seed, global_blend: blend the global code toward the code drawn from this seed.
-        local_seed, local_blend: the same for the local noise map.
-        noise_scale: factor on the local map (0 removes local variation).
-    """
-
-    directions: tuple[float, ...] = (0.0,) * NUM_DIRECTIONS
-    global_seed: int = 0
-    global_blend: float = 0.0
-    local_seed: int = 0
-    local_blend: float = 0.0
-    noise_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "directions", tuple(float(a) for a in self.directions))
-        if not all(math.isfinite(a) for a in self.directions):
-            raise StudioError("direction amounts must be finite numbers")
-        if not 0 <= self.global_blend <= 1 or not 0 <= self.local_blend <= 1:
-            raise StudioError("blends must lie between 0 and 1")
-        if not 0 <= self.noise_scale < math.inf:  # also refuses NaN
-            raise StudioError("the noise scale must be a finite number, at least 0")
-        if not (0 <= self.global_seed <= MAX_SEED and 0 <= self.local_seed <= MAX_SEED):
-            raise StudioError(f"seeds must lie between 0 and {MAX_SEED}")
-
-
-def blend(z0: torch.Tensor, z1: torch.Tensor, amount: float, renormalise: bool) -> torch.Tensor:
-    """(1 - a) z0 + a z1, optionally divided by sqrt((1 - a)^2 + a^2) (see the module notes)."""
-    mixed = (1 - amount) * z0 + amount * z1
-    if renormalise:
-        mixed = mixed / math.sqrt((1 - amount) ** 2 + amount ** 2)
-    return mixed
-
-
-def seeded_level(codes: LatentCodes, level: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Level `level` of the one code `sample_codes` would draw with `seed`, for a code shaped like `codes`.
-
-    Drawing the whole code and keeping one level gives every (seed, level) its own vector.
-    """
-    whole = LatentCodes.sample(codes.shape, 1, torch.Generator().manual_seed(int(seed)))
-    return whole.globals[level], whole.locals[level]
-
-
-def edited_level(model: LoadedModel, base: LatentCodes, level: int, edit: LevelEdit,
-                 renormalise: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Level `level`'s (global, local) code: `base`'s with `edit` applied.
-
-    Order: blend, then move along the directions (so directions stay meaningful in
-    standard deviations of the blended code's effect); local: blend, then scale.
-    """
-    global_code, local_code = base.globals[level], base.locals[level]
-    if edit.global_blend or edit.local_blend:
-        seeded_global, _ = seeded_level(base, level, edit.global_seed)
-        _, seeded_local = seeded_level(base, level, edit.local_seed)
-        if edit.global_blend:
-            global_code = blend(global_code, seeded_global, edit.global_blend, renormalise)
-        if edit.local_blend:
-            local_code = blend(local_code, seeded_local, edit.local_blend, renormalise)
-    if any(edit.directions):
-        directions = model.directions(level)
-        # A model with a short global code has fewer directions than the page has sliders.
-        amounts = list(edit.directions[:directions.vectors.shape[0]])
-        global_code = directions.apply(global_code, amounts)
-    if edit.noise_scale != 1.0:
-        local_code = local_code * edit.noise_scale
-    return global_code, local_code
-
-
-def first_changed_level(old: LatentCodes | None, new: LatentCodes) -> int | None:
-    """The coarsest level where `new` differs from `old` (0 when there is no `old`), None if equal."""
-    if old is None or old.shape != new.shape or old.batch_size != new.batch_size:
-        return 0
-    for level in range(new.num_levels):
-        if not (torch.equal(old.globals[level], new.globals[level])
-                and torch.equal(old.locals[level], new.locals[level])):
-            return level
-    return None
 
 
 def derived_seed(*parts: int) -> int:
@@ -373,13 +284,9 @@ class StudioSession:
                 self.adopt(model, self.samples[0])
 
     def _with_locked_levels(self, codes: LatentCodes) -> LatentCodes:
-        if self.current is None or not any(self.locked) or self.current.shape != codes.shape:
+        if self.current is None or self.current.shape != codes.shape:
             return codes
-        repeated = self.current.repeat_interleave(codes.batch_size)
-        for level, locked in enumerate(self.locked):
-            if locked:
-                codes = codes.replace_level(level, repeated)
-        return codes
+        return keep_levels(codes, self.current, [level for level, locked in enumerate(self.locked) if locked])
 
     def select_sample(self, model: LoadedModel, index: int) -> None:
         """Make gallery sample `index` the current code."""
@@ -417,7 +324,7 @@ class StudioSession:
             if renormalise is not None:
                 self.renormalise = bool(renormalise)
             self.edits[level] = edit
-            self._apply_edits(model, [level])
+            self._apply_edits(model)
             return self._render_current(model)
 
     def randomise_level(self, model: LoadedModel, level: int, seed: int | None = None) -> RenderReport:
@@ -425,10 +332,9 @@ class StudioSession:
         with self.lock:
             self.require_current()
             self._check_level(level)
-            drawn_global, drawn_local = seeded_level(self.base, level, fresh_seed() if seed is None else seed)
-            self.base = self.base.with_level(level, drawn_global, drawn_local)
+            self.base = redraw_level(self.base, level, fresh_seed() if seed is None else seed)
             self.edits[level] = LevelEdit()
-            self._apply_edits(model, [level])
+            self._apply_edits(model)
             return self._render_current(model)
 
     def randomise_unlocked(self, model: LoadedModel) -> RenderReport:
@@ -439,10 +345,9 @@ class StudioSession:
             if not unlocked:
                 raise StudioError("every level is locked; unlock one to re-draw it")
             for level in unlocked:
-                drawn_global, drawn_local = seeded_level(self.base, level, fresh_seed())
-                self.base = self.base.with_level(level, drawn_global, drawn_local)
+                self.base = redraw_level(self.base, level, fresh_seed())
                 self.edits[level] = LevelEdit()
-            self._apply_edits(model, unlocked)
+            self._apply_edits(model)
             return self._render_current(model)
 
     def reset_level(self, model: LoadedModel, level: int) -> RenderReport:
@@ -452,7 +357,7 @@ class StudioSession:
             self._check_level(level)
             self.base = self.base.replace_level(level, self.origin)
             self.edits[level] = LevelEdit()
-            self._apply_edits(model, [level])
+            self._apply_edits(model)
             return self._render_current(model)
 
     def set_locked(self, level: int, locked: bool) -> None:
@@ -465,17 +370,11 @@ class StudioSession:
         if not 0 <= level < self.current.num_levels:
             raise StudioError(f"this model has {self.current.num_levels} levels, not {level + 1}")
 
-    def _apply_edits(self, model: LoadedModel, levels: list[int]) -> None:
-        current = self.current
-        for level in levels:
-            edit = self.edits[level]
-            if edit == LevelEdit():
-                # Neutral: the base itself, so an unedited level is bit-exactly the picked code.
-                current = current.replace_level(level, self.base)
-            else:
-                global_code, local_code = edited_level(model, self.base, level, edit, self.renormalise)
-                current = current.with_level(level, global_code, local_code)
-        self.current = current
+    def _apply_edits(self, model: LoadedModel) -> None:
+        # Every level from base and its sliders: the current code never depends on the order
+        # of edits (nor on when "renormalise" was switched), and an unedited level is
+        # bit-exactly base's.
+        self.current = apply_edits(self.base, dict(enumerate(self.edits)), model.directions, self.renormalise)
 
     def _render_current(self, model: LoadedModel) -> RenderReport:
         """Render the current code, reusing the cached levels below the first changed one.

@@ -1,0 +1,113 @@
+"""Defaults that work for every preset and task, and training that continues a model (--init-from)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from chimle.checkpoint import load_checkpoint
+from chimle.config import PRESETS, preset
+from chimle.model import TowerImplicitModel
+from chimle.tasks import TASK_NAMES
+from chimle.train import TrainConfig, _build_model, default_samples_per_level, train
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+@pytest.fixture(scope="module")
+def photo_folders(tmp_path_factory) -> dict[str, Path]:
+    """Real photos (scikit-image) at 200 px: a plain folder, and input/ target/ pairs."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("defaults")
+    for name in PHOTOS:
+        image = Image.fromarray(getattr(data, name)()).convert("RGB").resize((200, 200))
+        (root / "plain").mkdir(exist_ok=True)
+        image.save(root / "plain" / f"{name}.png")
+        for side, picture in (("input", image.point(lambda v: v // 4)), ("target", image)):
+            (root / "paired" / side).mkdir(parents=True, exist_ok=True)
+            picture.save(root / "paired" / side / f"{name}.png")
+    return {"plain": root / "plain", "paired": root / "paired"}
+
+
+@pytest.mark.parametrize("preset_name", [name for name in PRESETS if name != "paper"])
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_every_preset_trains_on_every_task_with_the_defaults(preset_name, task, photo_folders, tmp_path):
+    data = photo_folders["paired" if task == "night_to_day" else "plain"]
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "chimle", "train", "--task", task, "--data", str(data),
+                             "--preset", preset_name, "--out", str(run), "--steps", "1", "--no-progress"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = load_checkpoint(run / "model.safetensors")
+    assert model.net.num_levels == len(PRESETS[preset_name].values["channels"])
+    assert json.loads((run / "status.json").read_text())["step"] == 1
+
+
+def test_the_paper_preset_gets_a_search_budget_for_its_four_levels():
+    config = TrainConfig(preset="paper", data="unused")
+    task = config.build_task()
+    model_config = config.model_config(task)
+    assert model_config.num_levels == 4
+    search = config.search_config(model_config.num_levels)
+    assert len(search.samples_per_level) == 4
+    sr = TrainConfig(preset="paper", task="super_resolution", data="unused").build_task()
+    assert sr.factor == 16  # 2^levels: the paper's x16
+
+
+def test_default_budget_fits_any_depth():
+    assert default_samples_per_level(3) == (12, 6, 4)
+    assert default_samples_per_level(2) == (12, 6)
+    assert default_samples_per_level(5) == (12, 6, 4, 4, 4)
+    assert default_samples_per_level(1) == (12,)
+
+
+def quick_config(data: Path, **overrides) -> TrainConfig:
+    values = dict(task="colourization", data=str(data), preset="tiny", crop_size=64, pool_size=4,
+                  steps_per_pool=2, batch_size=2, steps=2, held_out_fraction=0.0, checkpoint_every=1,
+                  sample_every=100, max_side=160, lr=1e-3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_init_from_starts_from_the_models_weights_and_records_the_lineage(photo_folders, tmp_path):
+    first = tmp_path / "first"
+    train(quick_config(photo_folders["plain"]), first, progress=False)
+    source = load_checkpoint(first / "model.safetensors")
+
+    config = quick_config(photo_folders["plain"], init_from=str(first / "model.safetensors"), steps=3, seed=1)
+    net, lineage = _build_model(config, config.build_task())
+    for name, tensor in source.net.state_dict().items():
+        assert torch.equal(net.state_dict()[name], tensor), name
+    assert [leg["steps"] for leg in lineage] == [2]
+
+    second = tmp_path / "second"
+    train(config, second, progress=False)
+    final = load_checkpoint(second / "model.safetensors")
+    legs = final.metadata["lineage"]
+    assert [leg["steps"] for leg in legs] == [2, 3]
+    assert legs[1]["options"]["init_from"] == str(first / "model.safetensors")
+    assert all(leg["train_seconds"] > 0 for leg in legs)
+    assert json.loads((second / "config.json").read_text())["lineage_before"] == lineage
+    assert not torch.equal(final.net.state_dict()["levels.0.head.bias"], source.net.state_dict()["levels.0.head.bias"])
+
+
+def test_init_from_refuses_a_model_of_other_sizes_or_another_task(photo_folders, tmp_path):
+    from chimle.checkpoint import save_checkpoint
+    from chimle.tasks import make_task
+
+    task = make_task("colourization")
+    path = tmp_path / "cpu.safetensors"
+    save_checkpoint(path, TowerImplicitModel(preset("tiny", 1, 2, semantic_encoder="alexnet")), task)
+    with pytest.raises(ValueError, match="semantic_encoder"):
+        _build_model(quick_config(photo_folders["plain"], init_from=str(path)), task)
+    jpeg = quick_config(photo_folders["plain"], init_from=str(path), task="jpeg")
+    with pytest.raises(ValueError, match="colourization"):
+        _build_model(jpeg, jpeg.build_task())
