@@ -18,7 +18,9 @@ import torch
 
 from chimle.config import PRESETS
 from chimle.editing import MAX_SEED, NUM_DIRECTIONS
-from chimle.studio.handlers import Downloads, Studio, StudioSettings, find_examples, model_choices
+from chimle.images import IMAGE_EXTENSIONS
+from chimle.studio.handlers import Downloads, Studio, StudioSettings, examples_for_task, find_examples, model_choices
+from chimle.studio.models import default_model, find_models
 from chimle.studio.memory import release_free_memory_periodically
 from chimle.studio.inputs import StudioBlocks
 from chimle.studio.security import on_spaces, training_policy
@@ -46,8 +48,13 @@ and the finer ones; the strip under the result shows what each level decides.
 - **Noise scale** multiplies the local map (0 removes the level's local variation).
 - **Randomise** draws a new code for the level, **Reset** returns to the picked sample, **Lock**
   keeps the level's code when you draw more samples or re-draw other levels.
-- **Save** gives the result as a lossless PNG and its code as `.safetensors`; loading the code
-  back with the same model, photo and working size re-renders the result exactly.
+- **Save** gives the result at your photo's own size (the gallery and sliders work at the
+  *working size*, for speed) as a lossless PNG, and its code as `.safetensors`; loading the
+  code back with the same model, photo and working size re-renders the result exactly.
+  Colourization puts the predicted colours on your photo's own lightness, which stays exactly
+  yours; the other tasks run the model at the full size.
+- **Batch** takes many photos (or a zip of them) and gives a zip of full-size results, the
+  first sample of the seed for each, with their codes.
 - **Reconstruct** (inference via optimisation) searches the code whose result is closest to a
   reference photo; stop it any time, the best code so far stays and is editable.
 """
@@ -93,7 +100,9 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                  max_queue: int = 32) -> tuple[gr.Blocks, Studio]:
     """The page and its handlers: `build_demo`, also giving the `Studio` (tests call its handlers)."""
     downloads = Downloads()
-    examples = find_examples(settings.assets)
+    opening = default_model(find_models(settings.checkpoints, settings.runs), settings.checkpoints)
+    # The example photos of the opening model's task; they change with the model.
+    opening_examples = examples_for_task(settings.assets, opening.task if opening else None)
     # StudioBlocks: malformed API inputs get a message naming the widget (chimle/studio/inputs.py).
     with StudioBlocks(title="CHIMLE Studio") as demo:
         state = gr.State(None, delete_callback=downloads.forget)
@@ -103,6 +112,7 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                 with gr.Row():
                     with gr.Column(scale=2, min_width=280):
                         with gr.Row():
+                            # No value here: load_page chooses the default, and that change starts the page.
                             model = gr.Dropdown(label="Model", choices=model_choices(settings), scale=4,
                                                 elem_id="model")
                             refresh_models = gr.Button("↻", size="sm", scale=0, min_width=40)
@@ -110,11 +120,15 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                         # image_mode=None: the file reaches load_rgb as uploaded, not converted by Gradio.
                         image = gr.Image(label="Your photo", type="filepath", image_mode=None,
                                          sources=["upload", "clipboard"], height=260, elem_id="input-photo")
-                        if examples:
-                            gr.Examples(examples, inputs=image, label="Examples")
+                        examples = None
+                        if find_examples(settings.assets):
+                            examples = gr.Dataset(components=[image], samples=[[path] for path in opening_examples],
+                                                  type="index", label="Examples (for this model's task)",
+                                                  visible=bool(opening_examples), elem_id="examples")
                         max_side = gr.Slider(64, 512, value=settings.default_max_side, step=32,
                                              label="Working size (longest side, pixels)",
-                                             info="larger photos are resized to this; the result has the same size")
+                                             info="larger photos are explored at this size; Save and batches give "
+                                                  "results at the photo's own size")
                         notes = gr.Markdown()
                     with gr.Column(scale=3):
                         with gr.Row():
@@ -129,8 +143,9 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                                              elem_id="samples")
                 with gr.Row():
                     with gr.Column(scale=3):
-                        result = gr.Image(label="Current result", format="png", interactive=False, height=380,
-                                          buttons=["download", "fullscreen"], elem_id="result")
+                        # No download button: this is the working-size preview; Save gives the full size.
+                        result = gr.Image(label="Current result (preview at the working size)", format="png",
+                                          interactive=False, height=380, buttons=["fullscreen"], elem_id="result")
                         level_strip = gr.Gallery(label="What each level decides (coarse → fine)", columns=MAX_LEVELS,
                                                  height=170, format="png", allow_preview=False,
                                                  object_fit="contain", elem_id="level-strip")
@@ -184,11 +199,21 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                             stop_reconstruct = gr.Button("Stop", variant="stop")
                         ivo_status = gr.Markdown()
                 with gr.Row():
-                    save = gr.Button("Save result + code", variant="primary")
+                    save = gr.Button("Save full-size result + code", variant="primary")
                     load_code = gr.UploadButton("Load a saved code (.safetensors)", file_types=[".safetensors"],
                                                 type="filepath")
-                downloads_file = gr.File(label="Downloads: the result (lossless PNG) and its code",
-                                         file_count="multiple", interactive=False, visible=False)
+                downloads_file = gr.File(label="Downloads: the result at the photo's own size (lossless PNG) and "
+                                               "its code", file_count="multiple", interactive=False, visible=False)
+                with gr.Accordion("Batch: many photos at once", open=False, elem_id="batch"):
+                    gr.Markdown("Each photo gets the first sample of the seed above, with the chosen model and "
+                                "working size, at its own size; the zip holds each result (PNG) and its code.")
+                    with gr.Row():
+                        batch_files = gr.File(label="Photos, or a zip of photos", file_count="multiple",
+                                              file_types=[*IMAGE_EXTENSIONS, ".zip"], type="filepath", scale=3)
+                        with gr.Column(scale=2):
+                            run_batch = gr.Button("Process the batch", variant="primary")
+                            batch_status = gr.Markdown()
+                            batch_result = gr.File(label="Results (zip)", interactive=False, visible=False)
 
             with gr.Tab("Train", id="train"):
                 policy = settings.policy
@@ -236,7 +261,8 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
         explore = ExploreWidgets(state=state, model=model, model_info=model_info, notes=notes, seed=seed,
                                  gallery=gallery, result=result, level_strip=level_strip, status=status,
                                  levels=tuple(levels), compare_input=compare_input, compare_truth=compare_truth,
-                                 ivo_status=ivo_status, downloads=downloads_file)
+                                 ivo_status=ivo_status, downloads=downloads_file, batch_result=batch_result,
+                                 batch_status=batch_status, examples=examples)
         train = TrainWidgets(tabs=tabs, data_folder=data_folder, message=train_message, runs_table=runs_table,
                              run_choice=run_choice, run_status=run_status, loss_plot=loss_plot,
                              sample_grid=sample_grid, run_log=run_log, stop=stop_training, resume=resume_training,
@@ -247,6 +273,9 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
 
         demo.load(studio.load_page, None, [model, model_info], api_name="load_page")
         refresh_models.click(studio.refresh_models, model, model, api_name="refresh_models")
+        if examples is not None:
+            model.change(studio.show_examples, model, examples, api_name="examples", show_progress="hidden")
+            examples.click(studio.load_example, [model, examples], image, api_name="load_example")
         start_inputs = [state, model, image, reference, max_side, num_samples, seed, randomise_seed]
         start_outputs = [model_info, notes, *editor, *controls, gallery, seed]
         model.change(studio.start, start_inputs, start_outputs, api_name="start", **render)
@@ -273,6 +302,9 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
 
         reference.change(studio.set_reference, [state, reference], editor, api_name="set_reference", **render)
         save.click(studio.save, state, [downloads_file, status], api_name="save", **render)
+        # One batch at a time across users: every photo is rendered at its own size.
+        run_batch.click(studio.batch, [state, model, batch_files, max_side, seed], [state, batch_result, batch_status],
+                        api_name="batch", concurrency_id="batch", concurrency_limit=1)
         load_code.upload(studio.load_code, [state, load_code], [*editor, *controls, gallery], api_name="load_code",
                          **render)
         # One reconstruction at a time across users: it is the heaviest job (gradients through the model).

@@ -7,8 +7,9 @@ Launches `python app.py` (its own process, so its memory is the server's alone),
    download (HTTP GET of the saved PNG and code). Every round is checked: the seed comes
    back, the downloaded code is exactly the one this user's seed and slider values give
    (`LatentCodes.sample` and `chimle.editing.apply_edits`, computed here), and the downloaded PNG
-   has the pixels of the image this user's edit returned. Another user's code or picture
-   would fail the check, so per-user state cannot leak unnoticed.
+   has the pixels of the image this user's edit returned (for a photo larger than the
+   working size, of that code at the photo's own size, computed here too). Another user's
+   code or picture would fail the check, so per-user state cannot leak unnoticed.
 2. memory: the app's resident memory (/proc/PID/status) after a warm-up user, its peak
    while the users work, and after all users.
 3. burst: `--max-queue` + `--burst-extra` grid requests at once; those beyond the queue's
@@ -49,6 +50,8 @@ sys.path.insert(0, str(REPO))
 from chimle.checkpoint import CheckpointError, load_codes  # noqa: E402
 from chimle.codes import LatentCodes  # noqa: E402
 from chimle.editing import LevelEdit, apply_edits  # noqa: E402
+from chimle.images import load_rgb, tensor_to_pil  # noqa: E402
+from chimle.pipeline import prepare, render_full_size  # noqa: E402
 from chimle.studio.models import MODELS, LoadedModel  # noqa: E402
 
 KINDS = ("start", "generate", "edit", "save", "download")
@@ -248,9 +251,19 @@ def play_round(client, user: int, round_index: int, plan: Plan, model: LoadedMod
     expected = apply_edits(base, {level: edit}, model.directions, renormalise=True)
     if not saved.equal(expected):
         raise AssertionError(f"user {user} round {round_index}: the downloaded code is not the one asked for")
-    if not np.array_equal(_pixels(png), _pixels(_fetch(result_url))):
+    saved_pixels, shown = _pixels(png), _pixels(_fetch(result_url))
+    if saved_pixels.shape != shown.shape:  # a photo larger than the working size: Save gives its own size
+        shown = full_size_pixels(model, plan, expected)
+    if not np.array_equal(saved_pixels, shown):
         raise AssertionError(f"user {user} round {round_index}: the downloaded PNG is not this user's result")
     report.verified_rounds += 1
+
+
+def full_size_pixels(model: LoadedModel, plan: Plan, codes: LatentCodes) -> np.ndarray:
+    """The picture of `codes` at the photo's own size, computed here as the studio's Save makes it."""
+    image = load_rgb(plan.image)
+    prepared = prepare(model.net, model.task, image, plan.max_side)
+    return np.asarray(tensor_to_pil(render_full_size(model.net, model.task, image, prepared, codes)[0]))
 
 
 def run_user(url: str, user: int, plan: Plan, model: LoadedModel, start: threading.Barrier | None) -> UserReport:

@@ -8,6 +8,7 @@ failures (a missing folder, an unknown task, a broken image or checkpoint) print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -103,22 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_train_options(train)
 
-    sample = commands.add_parser("sample", help="draw samples for one input image",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sample = commands.add_parser(
+        "sample", help="draw samples for a photo, or for every photo of a folder",
+        description="Draw samples at the working size (--max-side) and write them at the photo's own size "
+                    "(times the factor for super-resolution), with their codes. With a folder, every photo "
+                    "in it (recursively) gets a folder of results under --out; photos whose results exist "
+                    "are skipped, bad files are reported and passed over (exit status 1 if any failed).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sample.add_argument("--checkpoint", required=True, help="model file (.safetensors)")
-    sample.add_argument("--input", required=True, help="input image")
-    sample.add_argument("--num", type=int, default=8, help="number of samples")
+    sample.add_argument("--input", required=True, help="input photo, or a folder of photos")
+    sample.add_argument("--num", type=int, default=8, help="number of samples (per photo)")
     sample.add_argument("--out", required=True, help="output folder")
-    sample.add_argument("--seed", type=int, default=0, help="seed of the codes")
-    sample.add_argument("--max-side", type=int, default=512, help="longest output side")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the codes (the same for every photo)")
+    sample.add_argument("--max-side", type=int, default=512,
+                        help="working size: the longest output side the codes are drawn at")
+    sample.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    render = commands.add_parser("render", help="re-render samples from saved codes",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    render = commands.add_parser(
+        "render", help="re-render samples from saved codes, at the photo's own size",
+        description="Render saved codes at the photo's own size: the PNGs `sample` wrote, bit for bit. "
+                    "With --input FOLDER, --codes is the --out folder of `sample --input FOLDER`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     render.add_argument("--checkpoint", required=True)
-    render.add_argument("--input", required=True)
-    render.add_argument("--codes", required=True, help="codes file written by sample or ivo")
+    render.add_argument("--input", required=True, help="input photo, or a folder of photos")
+    render.add_argument("--codes", required=True, help="codes file written by sample or ivo, or a folder of them")
     render.add_argument("--out", required=True, help="output folder")
-    render.add_argument("--max-side", type=int, default=512)
+    render.add_argument("--max-side", type=int, default=512, help="the working size the codes were drawn at")
+    render.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ivo = commands.add_parser("ivo", help="inference via optimisation: reconstruct a target",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -203,62 +215,177 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model_and_input(args: argparse.Namespace):
-    from .checkpoint import load_checkpoint
-    from .images import load_rgb
-    from .pipeline import MIN_SIDE, prepare
+def _check_options(args: argparse.Namespace) -> None:
+    from .pipeline import MIN_SIDE
 
     if args.max_side < MIN_SIDE:
         raise CommandError(f"--max-side must be at least {MIN_SIDE}, got {args.max_side}")
     if hasattr(args, "seed") and not 0 <= args.seed <= MAX_SEED:
         raise CommandError(f"--seed must lie between 0 and {MAX_SEED}, got {args.seed}")
-    checkpoint = load_checkpoint(args.checkpoint)
-    image = load_rgb(args.input)
+
+
+def _prepare(checkpoint, path: str | Path, max_side: int):
+    """The photo at `path` (its own size) and its working-size input."""
+    from .images import load_rgb
+    from .pipeline import prepare
+
+    image = load_rgb(path)
     try:
-        prepared = prepare(checkpoint.net, checkpoint.task, image, args.max_side)
+        return image, prepare(checkpoint.net, checkpoint.task, image, max_side)
     except ValueError as error:  # too small or too elongated for the model
-        raise CommandError(f"{args.input}: {error}") from None
+        raise ValueError(f"{path}: {error}") from None
+
+
+def _load_model_and_input(args: argparse.Namespace):
+    from .checkpoint import load_checkpoint
+
+    _check_options(args)
+    checkpoint = load_checkpoint(args.checkpoint)
+    image, prepared = _prepare(checkpoint, args.input, args.max_side)
     for note in prepared.notes:
         print(f"note: {note}")
-    return checkpoint, prepared
+    return checkpoint, image, prepared
+
+
+@contextlib.contextmanager
+def _progress_bar(args: argparse.Namespace, total: int, unit: str):
+    """A tqdm bar over `total` units, and the callback that sets the fraction done."""
+    bar = tqdm(total=total, unit=unit, disable=args.no_progress, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} {unit}s [{elapsed}<{remaining}]")
+
+    def update(fraction: float) -> None:
+        bar.update(fraction * total - bar.n)
+
+    try:
+        yield bar, update
+    finally:
+        bar.close()
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .checkpoint import model_fingerprint, save_codes
-    from .images import save_png
-    from .pipeline import render, sample_codes
+    from .batch import write_results
+    from .checkpoint import model_fingerprint
+    from .pipeline import sample_codes
 
     if args.num < 1:
         raise CommandError("--num must be at least 1")
-    checkpoint, prepared = _load_model_and_input(args)
+    if Path(args.input).is_dir():
+        return _sample_folder(args)
+    checkpoint, image, prepared = _load_model_and_input(args)
     codes = sample_codes(checkpoint.net, prepared, args.num, args.seed)
     out = Path(args.out)
-    for index in range(args.num):
-        images, _ = render(checkpoint.net, checkpoint.task, prepared, codes[index])
-        save_png(out / f"sample-{index:03d}.png", images[-1][0])
-    save_codes(out / "codes.safetensors", codes, model_fingerprint(checkpoint.net, checkpoint.task),
-               {"seed": args.seed, "input": str(args.input), "checkpoint": str(args.checkpoint)})
-    print(f"wrote {args.num} samples and their codes to {out}")
+    with _progress_bar(args, args.num, "sample") as (_, progress):
+        paths = write_results(checkpoint.net, checkpoint.task, image, prepared, codes, out,
+                              model_fingerprint(checkpoint.net, checkpoint.task),
+                              {"seed": args.seed, "input": str(args.input), "checkpoint": str(args.checkpoint),
+                               "max_side": args.max_side}, progress)
+    print(f"wrote {args.num} samples ({_size_text(paths[0])}) and their codes to {out}")
     return 0
+
+
+def _sample_folder(args: argparse.Namespace) -> int:
+    """`sample` for every photo under the folder --input: one results folder each under --out."""
+    from .batch import CODES_FILE, write_results
+    from .checkpoint import load_checkpoint, model_fingerprint
+    from .pipeline import sample_codes
+
+    _check_options(args)
+    checkpoint = load_checkpoint(args.checkpoint)
+    fingerprint = model_fingerprint(checkpoint.net, checkpoint.task)
+    out = Path(args.out)
+
+    def process(job, progress) -> None:
+        image, prepared = _prepare(checkpoint, job.photo, args.max_side)
+        codes = sample_codes(checkpoint.net, prepared, args.num, args.seed)
+        write_results(checkpoint.net, checkpoint.task, image, prepared, codes, out / job.name, fingerprint,
+                      {"seed": args.seed, "input": str(job.photo), "checkpoint": str(args.checkpoint),
+                       "max_side": args.max_side}, progress)
+
+    return _run_folder(args, process, lambda job: (out / job.name / CODES_FILE).is_file())
+
+
+def _run_folder(args: argparse.Namespace, process, is_done) -> int:
+    """Run a batch over the photos of the folder --input with one progress bar; report and return
+    the exit status (EXIT_FAILED when a photo failed)."""
+    from .batch import batch_jobs, find_photos, run_batch
+    from .images import IMAGE_EXTENSIONS
+
+    jobs = batch_jobs(find_photos(args.input), args.input)
+    if not jobs:
+        raise CommandError(f"{args.input}: no photos in this folder ({', '.join(IMAGE_EXTENSIONS)})")
+    with _progress_bar(args, len(jobs), "photo") as (bar, progress):
+        report = run_batch(jobs, process, is_done, progress=progress,
+                           on_failure=lambda job, message: bar.write(f"error: {message}", file=sys.stderr))
+    print(f"{len(jobs)} photos in {args.input}: {report.summary()}; results in {args.out}")
+    return EXIT_FAILED if report.failed else 0
+
+
+def _size_text(path: Path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return f"{image.size[0]}x{image.size[1]}"
+
+
+def _fitting_codes(checkpoint, prepared, path: str | Path):
+    """The codes in `path`, checked to be for this model and this working-size input."""
+    from .checkpoint import CheckpointError, load_codes, model_fingerprint
+
+    codes, _ = load_codes(path, model_fingerprint(checkpoint.net, checkpoint.task))
+    expected = checkpoint.net.code_shape(prepared.output_size)
+    if codes.shape != expected:
+        raise CheckpointError(f"{path}: the codes are for an output of another size "
+                           f"({codes.shape.local_sizes[-1]} at the finest level, need {expected.local_sizes[-1]}; "
+                           f"same photo and --max-side as when they were drawn?)")
+    return codes
 
 
 def _render(args: argparse.Namespace) -> int:
-    from .checkpoint import load_codes, model_fingerprint
-    from .images import save_png
-    from .pipeline import render
+    from .batch import write_results
 
-    checkpoint, prepared = _load_model_and_input(args)
-    codes, _ = load_codes(args.codes, model_fingerprint(checkpoint.net, checkpoint.task))
-    expected = checkpoint.net.code_shape(prepared.output_size)
-    if codes.shape != expected:
-        raise CommandError(f"{args.codes}: the codes are for an output of another size "
-                           f"({codes.shape.local_sizes[-1]} at the finest level, need {expected.local_sizes[-1]})")
+    if Path(args.input).is_dir():
+        return _render_folder(args)
+    if Path(args.codes).is_dir():
+        raise CommandError(f"{args.codes} is a folder: a folder of codes goes with a folder of photos (--input)")
+    checkpoint, image, prepared = _load_model_and_input(args)
+    codes = _fitting_codes(checkpoint, prepared, args.codes)
     out = Path(args.out)
-    for index in range(codes.batch_size):
-        images, _ = render(checkpoint.net, checkpoint.task, prepared, codes[index])
-        save_png(out / f"sample-{index:03d}.png", images[-1][0])
-    print(f"rendered {codes.batch_size} images to {out}")
+    with _progress_bar(args, codes.batch_size, "sample") as (_, progress):
+        paths = write_results(checkpoint.net, checkpoint.task, image, prepared, codes, out, progress=progress)
+    print(f"rendered {codes.batch_size} images ({_size_text(paths[0])}) to {out}")
     return 0
+
+
+def _render_folder(args: argparse.Namespace) -> int:
+    """`render` for every photo under --input, with its codes from the same place under --codes."""
+    from .batch import CODES_FILE, sample_name, write_results
+    from .checkpoint import CheckpointError, load_checkpoint, load_codes
+
+    _check_options(args)
+    codes_root, out = Path(args.codes), Path(args.out)
+    if not codes_root.is_dir():
+        raise CommandError(f"{args.codes}: with a folder of photos, --codes must be the folder "
+                           f"`sample --input FOLDER --out` wrote")
+    checkpoint = load_checkpoint(args.checkpoint)
+
+    def codes_path(job) -> Path:
+        return codes_root / job.name / CODES_FILE
+
+    def process(job, progress) -> None:
+        if not codes_path(job).is_file():
+            raise ValueError(f"{job.photo}: no codes for it ({codes_path(job)} not found)")
+        image, prepared = _prepare(checkpoint, job.photo, args.max_side)
+        codes = _fitting_codes(checkpoint, prepared, codes_path(job))
+        write_results(checkpoint.net, checkpoint.task, image, prepared, codes, out / job.name, progress=progress)
+
+    def is_done(job) -> bool:
+        try:
+            count = load_codes(codes_path(job))[0].batch_size
+        except (CheckpointError, OSError):
+            return False  # process says what is wrong with it
+        return all((out / job.name / sample_name(index)).is_file() for index in range(count))
+
+    return _run_folder(args, process, is_done)
 
 
 def _ivo(args: argparse.Namespace) -> int:
@@ -267,13 +394,13 @@ def _ivo(args: argparse.Namespace) -> int:
     from .imageops import resize
     from .ivo import IvOConfig, ivo_steps
     from .perceptual import load_perceptual_distance
-    from .pipeline import render
+    from .pipeline import render_full_size
 
     if args.steps < 1 or args.init_samples < 1:
         raise CommandError("--steps and --init-samples must be at least 1")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise CommandError(f"--lr must be a positive number, got {args.lr}")
-    checkpoint, prepared = _load_model_and_input(args)
+    checkpoint, image, prepared = _load_model_and_input(args)
     target = resize(pil_to_tensor(load_rgb(args.target)), prepared.output_size, mode="bicubic").clamp(-1, 1)
     distance = load_perceptual_distance()
     config = IvOConfig(steps=args.steps, lr=args.lr, init_samples=args.init_samples)
@@ -284,8 +411,9 @@ def _ivo(args: argparse.Namespace) -> int:
             bar.update(result.step - bar.n)
             bar.set_postfix(mse=f"{result.mse.item():.4f}", lpips=f"{result.lpips.item():.3f}")
     out = Path(args.out)
-    images, _ = render(checkpoint.net, checkpoint.task, prepared, result.codes)
-    save_png(out / "reconstruction.png", images[-1][0])
+    # The code is for the working size, as every saved code; the picture has the photo's size.
+    save_png(out / "reconstruction.png", render_full_size(checkpoint.net, checkpoint.task, image, prepared,
+                                                          result.codes)[0])
     save_codes(out / "codes.safetensors", result.codes, model_fingerprint(checkpoint.net, checkpoint.task),
                {"ivo_steps": args.steps, "input": str(args.input), "target": str(args.target)})
     report = {"mse": result.mse.item(), "lpips": result.lpips.item(), "steps": args.steps}

@@ -110,3 +110,79 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     xyz = xyz * _constant(_WHITE_D65, lab).view(1, 3, 1, 1)
     linear = _apply_matrix(_constant(_RGB_FROM_XYZ, lab), xyz).clamp(0, 1)
     return linear_to_srgb(linear).clamp(0, 1)
+
+
+def _lab_to_linear_unclipped(lab: torch.Tensor) -> torch.Tensor:
+    """`lab_to_rgb`'s linear RGB before any clipping (its fz clamp is left out as well).
+
+    For a colour inside the sRGB gamut every value equals `lab_to_rgb`'s, bit for bit: fz is
+    then non-negative and its clamp does nothing.
+    """
+    lightness, a, b = lab.unbind(dim=1)
+    fy = (lightness + 16) / 116
+    fx = a / 500 + fy
+    fz = fy - b / 200
+    f = torch.stack([fx, fy, fz], dim=1)
+    xyz = torch.where(f > _LAB_F_KNEE, f**3, (f - 16 / 116) / _LAB_KAPPA)
+    xyz = xyz * _constant(_WHITE_D65, lab).view(1, 3, 1, 1)
+    return _apply_matrix(_constant(_RGB_FROM_XYZ, lab), xyz)
+
+
+def _in_gamut(linear: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) whether each linear RGB colour lies in [0, 1]."""
+    return ((linear >= 0) & (linear <= 1)).all(dim=1)
+
+
+def lab_to_rgb_keep_lightness(lab: torch.Tensor, steps: int = 16) -> torch.Tensor:
+    """Convert CIELab to sRGB in [0, 1], bringing out-of-gamut colours in at their own lightness.
+
+    `lab_to_rgb` clips out-of-gamut colours in linear light, which changes their lightness
+    (a too-saturated blue comes back darker). Here such a colour keeps its L and hue and
+    loses chroma instead: ab is scaled by the largest factor in [0, 1] for which it is
+    displayable, found by bisection (`steps` halvings: 16 leave at most 110 / 2^16 of
+    chroma on the table). The grey of the same L always fits, so every colour gets one.
+    Colours already inside the gamut come out exactly as `lab_to_rgb` gives them. Not
+    differentiable (for results, not for losses).
+
+    The bisection keeps the largest scale found strictly inside, so nothing is clipped but
+    the float rounding of greys at the ends (L = 100 lands a hair above 1).
+
+    Args:
+        lab: (B, 3, H, W) with L in [0, 100] and a, b unscaled.
+
+    Returns:
+        (B, 3, H, W) sRGB in [0, 1].
+    """
+    _check_three_channels(lab, "Lab images")
+    linear = _lab_to_linear_unclipped(lab)
+    outside = ~_in_gamut(linear)  # (B, H, W)
+    if outside.any():
+        pixels = lab.permute(0, 2, 3, 1)[outside]  # (N, 3) the colours to bring in
+        to_linear = _pixel_lab_to_linear(pixels)
+        low = pixels.new_zeros(pixels.shape[0], 1)  # a chroma scale known to fit (grey)
+        high = pixels.new_ones(pixels.shape[0], 1)  # one known not to
+        for _ in range(steps):
+            middle = (low + high) / 2
+            fits = to_linear(middle)
+            fits = ((fits >= 0) & (fits <= 1)).all(dim=1, keepdim=True)  # (N, 1)
+            low = torch.where(fits, middle, low)
+            high = torch.where(fits, high, middle)
+        linear = linear.permute(0, 2, 3, 1).clone()  # (B, H, W, 3)
+        linear[outside] = to_linear(low)
+        linear = linear.permute(0, 3, 1, 2)
+    return linear_to_srgb(linear.clamp(0, 1)).clamp(0, 1)
+
+
+def _pixel_lab_to_linear(pixels: torch.Tensor):
+    """For (N, 3) Lab colours, the function scale (N, 1) -> (N, 3) linear RGB of (L, scale * ab)."""
+    fy = (pixels[:, :1] + 16) / 116
+    steps = pixels[:, 1:] * pixels.new_tensor([1 / 500, -1 / 200])  # (N, 2): fx - fy, fz - fy per unit scale
+    white = pixels.new_tensor(_WHITE_D65)
+    matrix = pixels.new_tensor(_RGB_FROM_XYZ).T * white[:, None]  # (3, 3): XYZ / white -> linear RGB
+
+    def to_linear(scale: torch.Tensor) -> torch.Tensor:
+        f = torch.cat([fy + steps[:, :1] * scale, fy, fy + steps[:, 1:] * scale], 1)  # (N, 3): fx, fy, fz
+        xyz = torch.where(f > _LAB_F_KNEE, f**3, (f - 16 / 116) / _LAB_KAPPA)
+        return xyz @ matrix
+
+    return to_linear

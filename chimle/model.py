@@ -108,16 +108,28 @@ class TowerLevel(nn.Module):
     def forward(self, x: torch.Tensor, local_code: torch.Tensor, semantic: torch.Tensor | None,
                 previous: torch.Tensor | None, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (features at 2 r_l for the next level, output image at 2 r_l)."""
+        stem = self.stem(x, local_code, semantic, previous)
+        h = stem
+        for rrdb, adain in zip(self.rrdbs, self.adains):
+            h = adain(rrdb(h), w)
+        return self.tail(stem + self.trunk_conv(h))  # long skip
+
+    # The parts of `forward` between its AdaINs, which normalise over the whole image; each
+    # is local (a pixel depends on a bounded neighbourhood), so `chimle.tiling` can run it
+    # tile by tile for outputs too large for one pass.
+
+    def stem(self, x: torch.Tensor, local_code: torch.Tensor, semantic: torch.Tensor | None,
+             previous: torch.Tensor | None) -> torch.Tensor:
+        """The first conv over the level's inputs, all at r_l: (B, C, r_l, r_l)."""
         inputs = [x, local_code]
         if semantic is not None:
             inputs.append(semantic.expand(x.shape[0], -1, -1, -1))
         if previous is not None:
             inputs.append(FEATURE_FEED_SCALE * previous)
-        stem = self.input_conv(torch.cat(inputs, 1))  # (B, C, r_l, r_l)
-        h = stem
-        for rrdb, adain in zip(self.rrdbs, self.adains):
-            h = adain(rrdb(h), w)
-        h = stem + self.trunk_conv(h)  # long skip
+        return self.input_conv(torch.cat(inputs, 1))
+
+    def tail(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Upsample the trunk's output (B, C, r_l, r_l): (features, output image), both at 2 r_l."""
         h = F.leaky_relu(self.upsample_conv(F.interpolate(h, scale_factor=2.0, mode="nearest")), 0.2)
         features = F.leaky_relu(self.refine_conv(h), 0.2)  # (B, C, 2 r_l, 2 r_l)
         return features, torch.tanh(self.head(features))

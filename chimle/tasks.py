@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from chimle.color import lab_to_rgb, rgb_to_lab
+from chimle.color import lab_to_rgb, lab_to_rgb_keep_lightness, rgb_to_lab
 from chimle.imageops import from_unit_range, resize, to_unit_range
 
 # Colourization's model-space scales. L in [0, 100] maps to [-1, 1] by L / 50 - 1. The sRGB
@@ -63,6 +63,11 @@ class Task(ABC):
     in_channels: ClassVar[int]  # channels of the model input x
     out_channels: ClassVar[int]  # channels each output head predicts
     paired: ClassVar[bool] = False  # True when x cannot be computed from the target
+    # How a result at the photo's own size is made (chimle.pipeline.render_full_size): by
+    # rendering the model at that size (False), or by upsampling the working-size output
+    # onto the full-size input (True: colourization, whose chroma is smooth and whose
+    # detail is all in the lightness the user gave).
+    full_size_by_upsampling: ClassVar[bool] = False
 
     @abstractmethod
     def degrade(self, clean: torch.Tensor,
@@ -126,6 +131,14 @@ class Task(ABC):
         _check_images(output, self.out_channels, f"{self.name} network output")
         return output
 
+    def to_result_rgb(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """The RGB image a user gets from an output, (B, 3, h, w) in [-1, 1]; not differentiable.
+
+        `to_rgb` by default. A task overrides it where its loss-side mapping gives up
+        something a user would want kept (colourization: the photo's own lightness).
+        """
+        return self.to_rgb(x, output)
+
     def input_preview(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The no-model baseline: the input x shown as RGB (B, 3, *size) in [-1, 1]."""
         _check_images(x, self.in_channels, f"{self.name} model input")
@@ -152,6 +165,7 @@ class Colourization(Task):
     name: ClassVar[str] = "colourization"
     in_channels: ClassVar[int] = 1
     out_channels: ClassVar[int] = 2
+    full_size_by_upsampling: ClassVar[bool] = True
 
     def degrade(self, clean: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -175,14 +189,25 @@ class Colourization(Task):
 
     def to_rgb(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """Combine the input's L, resized to the output's size, with the predicted ab."""
+        return from_unit_range(lab_to_rgb(self._lab(x, output)))
+
+    def to_result_rgb(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """`to_rgb`, except that a colour outside sRGB loses chroma instead of being clipped.
+
+        Clipping (what the loss sees) changes such a pixel's lightness; here the result's L
+        is the input's, exactly (`color.lab_to_rgb_keep_lightness`).
+        """
+        return from_unit_range(lab_to_rgb_keep_lightness(self._lab(x, output)))
+
+    def _lab(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """The input's L at the output's size beside the predicted ab: (B, 3, h, w) Lab."""
         _check_images(x, 1, "colourization input (L)")
         _check_images(output, 2, "colourization output (ab)")
         # Coarse levels predict ab at a lower resolution; their L comes from the same
         # anti-aliased resize that makes the coarse targets D_l(y).
         lightness = resize(x, tuple(output.shape[-2:]), "bilinear")
         lightness = (lightness.clamp(-1, 1) + 1) * LIGHTNESS_HALF_RANGE  # (B, 1, h, w)
-        lab = torch.cat([lightness, output * AB_SCALE], dim=1)  # (B, 3, h, w)
-        return from_unit_range(lab_to_rgb(lab))
+        return torch.cat([lightness, output * AB_SCALE], dim=1)
 
     def input_preview(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The grey image: the input's L with zero chroma, at `size`."""

@@ -6,6 +6,7 @@ Every test uses its own client (its own session). Models are tiny 3-level checkp
 
 from __future__ import annotations
 
+import json
 import time
 import zipfile
 from pathlib import Path
@@ -17,7 +18,9 @@ from gradio_client import Client, handle_file
 
 import app
 from chimle.checkpoint import load_codes
+from chimle.cli import main as cli
 from chimle.studio.handlers import StudioSettings
+from chimle.studio.models import default_model, find_models, read_defaults, read_task_name
 from chimle.studio.security import TrainingPolicy
 
 from .studio_helpers import (free_port, one_torch_thread, photo, pixels, stop_leftover_runs, tiny_checkpoint,
@@ -183,6 +186,54 @@ def test_reconstruction_streams_progress_and_stop_keeps_the_code(studio_app):
     stopped = _saved_code(client)
     assert not stopped.equal(found)
     assert client.predict(True, 0.5, 0, 0, 0, 0, 0, 0, 0, 1, api_name="/edit_level_1")[-1].startswith("Rendered")
+
+
+def test_save_gives_the_result_at_the_photos_own_size(studio_app, tmp_path):
+    client = _client(studio_app)
+    large = tmp_path / "large.png"
+    photo("coffee", (300, 240)).save(large)
+    outputs = client.predict(studio_app["colour"], handle_file(str(large)), None, 128, 2, 5, False,
+                             api_name="/set_input")
+    assert pixels(outputs[START_RESULT]).shape == (102, 128, 3)  # the preview, at the working size
+    assert "saved results are made at 300x240" in outputs[1]
+    downloads, message = client.predict(api_name="/save")
+    png = next(p for p in downloads["value"] if p.endswith(".png"))
+    assert pixels(png).shape == (240, 300, 3) and "300×240, the photo's own size" in message
+
+
+def test_a_batch_of_photos_and_a_zip_gives_a_zip_of_full_size_results(studio_app, tmp_path, capsys):
+    client = _client(studio_app)
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    sizes = {"astronaut.png": (160, 160), "coffee.jpg": (200, 150), "chelsea.png": (180, 120)}
+    for name, size in sizes.items():
+        photo(name.split(".")[0], size).save(folder / name, **({"quality": 95} if name.endswith(".jpg") else {}))
+    (folder / "notes.png").write_text("not pixels")
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.write(folder / "chelsea.png", "holiday/chelsea.png")
+        handle.write(folder / "notes.png", "holiday/notes.png")
+        handle.writestr("holiday/readme.txt", "skipped: not an image file")
+    uploads = [handle_file(str(folder / name)) for name in ("astronaut.png", "coffee.jpg")] + [handle_file(str(archive))]
+    result, status = client.predict(studio_app["jpeg"], uploads, 128, 9, api_name="/batch")
+    assert status.startswith("3 done, 1 failed: each photo's first sample of seed 9, at its own size")
+    assert "holiday/notes.png: not an image Pillow can read" in status
+    with zipfile.ZipFile(result["value"]) as handle:
+        names = sorted(handle.namelist())
+        assert names == ["astronaut.png", "astronaut.safetensors", "coffee.png", "coffee.safetensors", "failed.txt",
+                         "holiday/chelsea.png", "holiday/chelsea.safetensors"]
+        handle.extractall(tmp_path / "results")
+    for name, stem in (("astronaut.png", "astronaut"), ("coffee.jpg", "coffee"), ("chelsea.png", "holiday/chelsea")):
+        width, height = sizes[name]
+        assert pixels(tmp_path / "results" / f"{stem}.png").shape == (height, width, 3)
+        # The first sample of seed 9, as the command line draws and renders it.
+        assert cli(["sample", "--checkpoint", studio_app["jpeg"], "--input", str(folder / name), "--num", "1",
+                    "--seed", "9", "--max-side", "128", "--out", str(tmp_path / "cli" / stem), "--no-progress"]) == 0
+        assert (tmp_path / "cli" / stem / "sample-000.png").read_bytes() == \
+            (tmp_path / "results" / f"{stem}.png").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(Exception, match="upload photos"):
+        client.predict(studio_app["jpeg"], [], 128, 9, api_name="/batch")
 
 
 def test_unknown_model_paths_are_refused(studio_app):
@@ -357,6 +408,65 @@ def test_examples_appear_only_when_assets_hold_photos(tmp_path):
     assert app.launch_options(settings)["allowed_paths"] == [str(assets)]
     with_examples = app.build_demo(settings)
     assert any(isinstance(block, gr.Dataset) for block in with_examples.blocks.values())
+
+
+@pytest.fixture(scope="module")
+def example_app(tmp_path_factory, single_thread):
+    """An app whose assets/ list examples per task and whose default.json names the second colour model."""
+    root = tmp_path_factory.mktemp("examples")
+    checkpoints, assets = root / "checkpoints", root / "assets"
+    checkpoints.mkdir()
+    assets.mkdir()
+    first = tiny_checkpoint(checkpoints, "colourization", levels=3, name="a-colour")
+    best = tiny_checkpoint(checkpoints, "colourization", levels=3, seed=1, name="b-colour")
+    jpeg = tiny_checkpoint(checkpoints, "jpeg", levels=3, name="c-jpeg")
+    photo("coffee", (96, 64)).convert("L").convert("RGB").save(assets / "coffee-grey.png")
+    photo("chelsea", (96, 64)).save(assets / "chelsea-q5.jpg", quality=5)
+    (assets / "examples.json").write_text(json.dumps({"examples": {"colourization": ["coffee-grey.png"],
+                                                                   "jpeg": ["chelsea-q5.jpg"]}}))
+    (checkpoints / "default.json").write_text(json.dumps({"defaults": {"colourization": "b-colour"}}))
+    settings = StudioSettings(checkpoints=checkpoints, runs=root / "runs", data_root=root, assets=assets,
+                              policy=TrainingPolicy(False, "off"))
+    demo = app.build_demo(settings)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.launch_options(settings))
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "first": str(first), "best": str(best), "jpeg": str(jpeg),
+               "assets": assets}
+    finally:
+        demo.close()
+
+
+def test_the_page_opens_with_the_default_model_and_its_tasks_examples(example_app):
+    client = Client(example_app["url"], verbose=False)
+    chosen, _ = client.predict(api_name="/load_page")
+    assert chosen["value"] == example_app["best"]  # the default, not the first in the list
+    assert [value for _, value in chosen["choices"]][0] == example_app["first"]
+
+    def shown(model: str) -> list[str]:
+        update = client.predict(model, api_name="/examples")
+        return [Path(sample[0]).name for sample in update["samples"]] if update["visible"] else []
+
+    assert shown(example_app["best"]) == ["coffee-grey.png"]
+    assert shown(example_app["jpeg"]) == ["chelsea-q5.jpg"]  # another model, its task's examples
+    assert shown(example_app["first"]) == ["coffee-grey.png"]
+    # Clicking the example loads that photo into the input.
+    loaded = client.predict(example_app["jpeg"], 0, api_name="/load_example")
+    assert np.array_equal(pixels(loaded), pixels(example_app["assets"] / "chelsea-q5.jpg"))
+    with pytest.raises(Exception, match="no such example"):
+        client.predict(example_app["jpeg"], 1, api_name="/load_example")
+
+
+def test_the_shipped_default_is_the_model_the_readme_names(tmp_path):
+    checkpoints = app.ROOT / "checkpoints"
+    defaults = read_defaults(checkpoints)
+    readme = (checkpoints / "README.md").read_text()
+    assert f"The studio opens with `{defaults['colourization']}`" in readme
+    for task, name in defaults.items():
+        assert read_task_name(checkpoints / f"{name}.safetensors") == task
+        assert f"`{name}`" in readme
+    opened = default_model(find_models(checkpoints, tmp_path / "no-runs"), checkpoints)
+    assert opened.name == defaults["colourization"] and opened.task == "colourization"
 
 
 def test_no_file_outside_the_apps_folders_is_served(studio_app):

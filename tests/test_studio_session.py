@@ -160,6 +160,24 @@ def test_saved_png_and_code_reload_bit_exactly(session, models, tmp_path):
     assert np.array_equal(np.asarray(fresh.result_image()), pixels(image_path))
 
 
+@pytest.mark.parametrize("task", ["colour", "jpeg"])
+def test_save_gives_the_photos_own_size_and_its_code_gives_it_again(models, tmp_path, task):
+    model, image = models[task], photo("chelsea", (150, 100))
+    session = StudioSession()
+    assert any("saved results are made at 150x100" in note for note in session.set_input(model, image, 64))
+    session.draw_samples(model, 2, seed=5)
+    session.edit_level(model, 1, LevelEdit(directions=(1.0, 0, 0, 0), local_seed=3, local_blend=0.5))
+    assert session.result_image().size == (64, 43)  # the gallery and sliders work at the working size
+    fractions = []
+    image_path, codes_path = session.export(model, tmp_path / "first", "result", fractions.append)
+    assert pixels(image_path).shape == (100, 150, 3) and fractions[-1] == 1.0
+    fresh = StudioSession()
+    fresh.set_input(model, image, 64)
+    fresh.load_code_file(model, codes_path)
+    again, _ = fresh.export(model, tmp_path / "again", "result")
+    assert again.read_bytes() == image_path.read_bytes()
+
+
 def test_a_code_for_another_model_or_size_is_refused(session, models, tmp_path):
     _, codes_path = session.export(models["colour"], tmp_path, "result")
     other_model = StudioSession()

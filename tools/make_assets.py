@@ -6,13 +6,16 @@ Only held-out photos with licences that allow redistribution (CC0, CC-BY, public
 are used, never a GPL-licensed one; assets/ATTRIBUTION.md credits each and says what was
 changed. Grey versions serve colourization, heavily compressed JPEGs serve decompression,
 small copies serve x8 super-resolution, and synthetic night versions (the training
-degradation of `synthetic_night_to_day`, seeded) serve the synthetic night-to-day model.
+degradation of `synthetic_night_to_day`, seeded) serve the synthetic night-to-day model;
+assets/examples.json says which task each serves (the studio shows a model the examples
+of its task).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 from pathlib import Path
 
 import torch
@@ -34,6 +37,9 @@ EXAMPLES = [  # (corpus key, asset name, kind, author)
 ]
 MAX_SIDE = 384
 SMALL_SIDE = 48  # x8 super-resolution turns it into a 384 px photo
+# The tasks whose models the studio shows each kind of example with (assets/examples.json).
+KIND_TASKS = {"grey": ("colourization",), "jpeg": ("jpeg",), "small": ("super_resolution",),
+              "night": ("synthetic_night_to_day",)}
 DESCRIPTIONS = {
     "grey": "converted to grey",
     "jpeg": "re-encoded as JPEG quality 5",
@@ -82,6 +88,13 @@ def main() -> None:
         atomic_write_bytes(out / name, buffer.getvalue())
         lines.append(f"| {name} | {photo['origin']} | {author} | {photo['licence']} | {DESCRIPTIONS[kind]} |")
     atomic_write_text(out / "ATTRIBUTION.md", "\n".join(lines) + "\n")
+    examples: dict[str, list[str]] = {}
+    for _, name, kind, _ in EXAMPLES:
+        for task in KIND_TASKS[kind]:
+            examples.setdefault(task, []).append(name)
+    about = ("Which example photos the studio shows with a model of each task. Written by python -m "
+             "tools.make_assets.")
+    atomic_write_text(out / "examples.json", json.dumps({"about": about, "examples": examples}, indent=2) + "\n")
     print(f"wrote {len(EXAMPLES)} examples to {out}")
 
 

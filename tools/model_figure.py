@@ -29,11 +29,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--rows", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-side", type=int, default=512, help="fit photos to this side first; 0: own size")
+    parser.add_argument("--only", nargs="+", metavar="STEM", help="these photos (file names without extension)")
     args = parser.parse_args()
 
     model = load_checkpoint(args.checkpoint)
-    corpus = (PairedCorpus(find_pairs(args.data), max_side=512) if model.task.paired
-              else ImageCorpus(find_images(args.data), max_side=512))
+    max_side = args.max_side or 10 ** 6
+    if model.task.paired:
+        corpus = PairedCorpus([p for p in find_pairs(args.data) if not args.only or p[1].stem in args.only], max_side)
+    else:
+        corpus = ImageCorpus([p for p in find_images(args.data) if not args.only or p.stem in args.only], max_side)
     batch = validation_batch(corpus, args.crop_size, model.task, args.rows, args.seed)
     size = tuple(batch.y.shape[-2:])
     tiles = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ from ..runs import FINISHED, RunPaths
 from ..tasks import TASK_NAMES
 from . import training
 from .inputs import UPLOAD_MAX_PIXELS
-from .models import MODELS, LoadedModel, find_models
+from .batches import BatchError, run_photo_batch
+from .models import MODELS, LoadedModel, default_model, find_models, read_task_name
 from .security import (TrainingPolicy, UnsafePathError, ZipLimits, confine_data_folder, data_folders,
                        extract_images_zip)
 from .session import RenderReport, StudioError, StudioSession
@@ -43,7 +45,7 @@ IVO_REPORT_EVERY = 5
 DEFAULT_MAX_SIDE = 256
 
 USER_ERRORS = (StudioError, EditError, ImageError, CheckpointError, DataError, UnsafePathError,
-               training.TrainingError, BackboneWeightsError)
+               training.TrainingError, BackboneWeightsError, BatchError)
 Updates = dict[gr.blocks.Block, Any]  # {widget: value or gr.update(...)}
 
 
@@ -81,8 +83,9 @@ class Downloads:
         self.root = Path(tempfile.mkdtemp(prefix="chimle-studio-"))
         atexit.register(shutil.rmtree, self.root, ignore_errors=True)
 
-    def folder(self, session: StudioSession) -> Path:
-        return self.root / f"{id(session):x}"
+    def folder(self, session: StudioSession, kind: str = "") -> Path:
+        """The session's folder, or its subfolder for one kind of download (a save, a batch)."""
+        return self.root / f"{id(session):x}" / kind
 
     def forget(self, session: StudioSession | None) -> None:
         """gr.State's delete callback: drop the session's saved files."""
@@ -90,11 +93,26 @@ class Downloads:
             shutil.rmtree(self.folder(session), ignore_errors=True)
 
 
+EXAMPLES_FILE = "examples.json"  # in assets/: {"examples": {task name: [file names]}}
+
+
 def find_examples(assets: Path) -> list[str]:
     """Example photos shipped in `assets/` (may be none)."""
     if not assets.is_dir():
         return []
     return [str(p) for p in sorted(assets.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+
+
+def examples_for_task(assets: Path, task: str | None) -> list[str]:
+    """The example photos of a task: those `assets/examples.json` lists for it (a grey photo for
+    colourization, a JPEG for decompression...); without that file, every photo in `assets/`."""
+    photos = find_examples(assets)
+    try:
+        listed = json.loads((assets / EXAMPLES_FILE).read_text())["examples"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return photos
+    names = listed.get(task, []) if isinstance(listed, dict) and task else []
+    return [str(assets / name) for name in names if str(assets / name) in photos]
 
 
 def _level_caption(session: StudioSession, level: int) -> str:
@@ -198,13 +216,35 @@ class Studio:
 
     # -- page load and model ------------------------------------------------------------------
 
+    def default_model_path(self) -> str | None:
+        """The model the page opens with (`models.default_model`: the first task's default)."""
+        entry = default_model(find_models(self.settings.checkpoints, self.settings.runs), self.settings.checkpoints)
+        return str(entry.path) if entry is not None else None
+
     def load_page(self) -> Updates:
-        """On page load: the model list, freshly scanned, with the first model chosen."""
+        """On page load: the model list, freshly scanned, with the default model chosen."""
         choices = self.model_choices()
-        value = choices[0][1] if choices else None
         info = "" if choices else (f"No models found: put a `.safetensors` checkpoint in "
                                    f"`{self.settings.checkpoints}` or train one in the Train tab.")
-        return {self.explore.model: gr.update(choices=choices, value=value), self.explore.model_info: info}
+        return {self.explore.model: gr.update(choices=choices, value=self.default_model_path()),
+                self.explore.model_info: info}
+
+    def examples_of(self, model_path: str | None) -> list[str]:
+        """The example photos of the task of the model at `model_path`."""
+        return examples_for_task(self.settings.assets, read_task_name(model_path) if model_path else None)
+
+    def show_examples(self, model_path: str | None) -> gr.Dataset:
+        """The examples widget with the photos of the chosen model's task (hidden if there are none)."""
+        examples = self.examples_of(model_path)
+        return gr.Dataset(samples=[[path] for path in examples], visible=bool(examples))
+
+    def load_example(self, model_path: str | None, index: int | None) -> str:
+        """The example photo clicked (by its index among the chosen model's task's examples)."""
+        with user_errors():
+            examples = self.examples_of(model_path)
+            if not isinstance(index, int) or not 0 <= index < len(examples):
+                raise StudioError("no such example for this model")
+            return examples[index]
 
     def refresh_models(self, current: str | None) -> dict:
         choices = self.model_choices()
@@ -322,21 +362,47 @@ class Studio:
             model = self._model(session) if session.model_path else None
             return self.editor_values(session, model, "Reference set." if image else "Reference removed.")
 
-    def save(self, session: StudioSession | None) -> Updates:
-        """Write the result (PNG) and its code (.safetensors) for download."""
+    def save(self, session: StudioSession | None, progress: gr.Progress = gr.Progress()) -> Updates:
+        """Write the result at the photo's own size (PNG) and its code (.safetensors) for download."""
         session = self._session(session)
         with user_errors():
             model = self._model(session)
             codes = session.require_current()
             # One folder per session: a new save replaces the previous files.
-            folder = self.downloads.folder(session)
+            folder = self.downloads.folder(session, "save")
             shutil.rmtree(folder, ignore_errors=True)
             stem = f"chimle-{model.path.stem}-{tensor_digest(codes.to_tensors())[:8]}"
-            image_path, codes_path = session.export(model, folder, stem)
+            progress(0, desc="Rendering at the photo's own size")
+            image_path, codes_path = session.export(
+                model, folder, stem, lambda fraction: progress(fraction, desc="Rendering at the photo's own size"))
+            with Image.open(image_path) as saved:
+                width, height = saved.size
             return {self.explore.downloads: gr.update(value=[str(image_path), str(codes_path)], visible=True),
-                    self.explore.status: f"Saved `{image_path.name}` (lossless PNG) and `{codes_path.name}` (its "
-                                         f"code: load it back with the same model, photo and working size to "
-                                         f"re-render it exactly)."}
+                    self.explore.status: f"Saved `{image_path.name}` ({width}×{height}, the photo's own size, "
+                                         f"lossless PNG) and `{codes_path.name}` (its code: load it back with the "
+                                         f"same model, photo and working size to re-render it exactly)."}
+
+    def batch(self, session: StudioSession | None, model_path: str | None, files: list[str] | None,
+              max_side: float, seed: float, progress: gr.Progress = gr.Progress()) -> Updates:
+        """Every photo uploaded (or in an uploaded zip), first sample of the seed, at its own size: a zip."""
+        session = self._session(session)
+        page = self.explore
+        with user_errors():
+            if not model_path:
+                raise StudioError("choose a model first")
+            model = self.open_model(model_path)
+            paths = [files] if isinstance(files, str) else list(files or [])
+            if not paths:
+                raise StudioError("upload photos (or a zip of photos) for the batch")
+            folder = self.downloads.folder(session, "batch")  # a new batch replaces the previous one
+            shutil.rmtree(folder, ignore_errors=True)
+            result = run_photo_batch(model, paths, folder, int(max_side), int(seed or 0),
+                                     lambda fraction, text: progress(fraction, desc=text))
+            lines = [f"{result.report.summary()}: each photo's first sample of seed {int(seed or 0)}, at its own "
+                     f"size, with its code, in `{result.archive.name}`."]
+            lines += [f"- {message}" for _, message in result.report.failed]
+            return {page.state: session, page.batch_result: gr.update(value=str(result.archive), visible=True),
+                    page.batch_status: "\n".join(lines)}
 
     def load_code(self, session: StudioSession | None, codes_path: str | None) -> Updates:
         """Updates the editor, the level tabs and the gallery."""

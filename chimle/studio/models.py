@@ -22,7 +22,7 @@ from ..directions import GlobalDirections, global_directions
 from ..editing import NUM_DIRECTIONS
 from ..model import TowerImplicitModel
 from ..runs import RunPaths
-from ..tasks import Task
+from ..tasks import TASK_NAMES, Task
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,36 @@ def find_models(checkpoints_dir: str | os.PathLike, runs_dir: str | os.PathLike)
             if task is not None:
                 entries.append(ModelEntry(run.name, path, task, "run"))
     return entries
+
+
+DEFAULTS_FILE = "default.json"  # in the checkpoints folder: {"defaults": {task name: model name}}
+
+
+def read_defaults(checkpoints_dir: str | os.PathLike) -> dict[str, str]:
+    """Each task's default model (a checkpoint's file stem), as `checkpoints/default.json` names them.
+
+    A missing or unreadable file names none; the page then opens with the first model.
+    """
+    try:
+        defaults = json.loads((Path(checkpoints_dir) / DEFAULTS_FILE).read_text())["defaults"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not isinstance(defaults, dict):
+        return {}
+    return {str(task): str(name) for task, name in defaults.items()}
+
+
+def default_model(entries: list[ModelEntry], checkpoints_dir: str | os.PathLike) -> ModelEntry | None:
+    """The model the page opens with: the default of the first task (in `TASK_NAMES` order) that
+    has a model in `entries`, else that task's first model; None without models."""
+    if not entries:
+        return None
+    defaults = read_defaults(checkpoints_dir)
+    tasks = sorted({entry.task for entry in entries},
+                   key=lambda task: TASK_NAMES.index(task) if task in TASK_NAMES else len(TASK_NAMES))
+    first_task = [entry for entry in entries if entry.task == tasks[0]]
+    named = [entry for entry in first_task if entry.source == "checkpoint" and entry.name == defaults.get(tasks[0])]
+    return (named or first_task)[0]
 
 
 @dataclass

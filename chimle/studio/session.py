@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..checkpoint import CheckpointError, load_codes, save_codes
+from ..batch import CODES_FILE, Progress, write_results
+from ..checkpoint import CheckpointError, load_codes
 from ..codes import LatentCodes
 from ..editing import MAX_SEED, LevelEdit, apply_edits, first_changed_level, keep_levels, redraw_level
 from ..imageops import resize
-from ..images import pil_to_tensor, save_png, tensor_to_pil
+from ..images import pil_to_tensor, tensor_to_pil
 from ..ivo import IvOConfig, ivo_steps
 from ..model import Render
 from ..pipeline import PreparedInput, prepare, render, sample_codes
@@ -275,7 +276,8 @@ class StudioSession:
             codes = self._with_locked_levels(sample_codes(model.net, prepared, num, draw_seed))
             images = []
             for start in range(0, num, RENDER_CHUNK):
-                level_images, _ = render(model.net, model.task, prepared, codes[start:start + RENDER_CHUNK])
+                level_images, _ = render(model.net, model.task, prepared, codes[start:start + RENDER_CHUNK],
+                                         as_result=True)
                 images.extend(tensor_to_pil(image) for image in level_images[-1])
             self.samples = codes if self.samples is None else LatentCodes.cat([self.samples, codes])
             self.sample_images.extend(images)
@@ -387,7 +389,7 @@ class StudioSession:
         start = first_changed_level(self.cache_codes if self.cache is not None else None, self.current)
         if start is not None:
             images, self.cache = render(model.net, model.task, self.prepared, self.current,
-                                        reuse=self.cache if start > 0 else None, start_level=start)
+                                        reuse=self.cache if start > 0 else None, start_level=start, as_result=True)
             self.level_images = [image.clone() for image in images]
             self.cache_codes = self.current
             RENDER_CACHES.used(self)
@@ -396,19 +398,28 @@ class StudioSession:
 
     # -- saving and loading codes -------------------------------------------------------------
 
-    def export(self, model: LoadedModel, folder: str | Path, stem: str) -> tuple[Path, Path]:
-        """Write the result as a lossless PNG and its code as .safetensors into `folder`."""
+    def export(self, model: LoadedModel, folder: str | Path, stem: str,
+               progress: Progress | None = None) -> tuple[Path, Path]:
+        """Write the result at the photo's own size as a lossless PNG, and its code as .safetensors.
+
+        The code is the working-size code: loaded back with the same model, photo and
+        working size, it gives this PNG again, bit for bit (`pipeline.render_full_size`).
+        The full-size render runs outside the session lock, so the page stays responsive.
+
+        Args:
+            progress: called with the fraction of the full-size render done.
+        """
         with self.lock:
             codes = self.require_current()
-            self._render_current(model)  # the picture must be of this code (IvO may have been stopped)
-            folder = Path(folder)
-            image_path, codes_path = folder / f"{stem}.png", folder / f"{stem}.safetensors"
-            save_png(image_path, self.result_image())
-            prepared = self.require_input()
-            save_codes(codes_path, codes, model.fingerprint,
-                       {"model": model.path.name, "task": model.task.name, "output_size": list(prepared.output_size),
-                        "crop": list(prepared.crop), "max_side": self.max_side})
-            return image_path, codes_path
+            prepared, image, max_side = self.require_input(), self.source_image, self.max_side
+        folder = Path(folder)
+        paths = write_results(model.net, model.task, image, prepared, codes, folder, model.fingerprint,
+                              {"model": model.path.name, "task": model.task.name, "max_side": max_side},
+                              progress)
+        image_path, codes_path = folder / f"{stem}.png", folder / f"{stem}.safetensors"
+        paths[0].replace(image_path)
+        (folder / CODES_FILE).replace(codes_path)
+        return image_path, codes_path
 
     def load_code_file(self, model: LoadedModel, path: str | Path) -> int:
         """Load codes saved by the studio or the CLI; returns how many samples the file held.
@@ -430,7 +441,8 @@ class StudioSession:
                 codes = codes[:MAX_SAMPLES]
                 images = []
                 for start in range(0, codes.batch_size, RENDER_CHUNK):
-                    level_images, _ = render(model.net, model.task, prepared, codes[start:start + RENDER_CHUNK])
+                    level_images, _ = render(model.net, model.task, prepared, codes[start:start + RENDER_CHUNK],
+                                             as_result=True)
                     images.extend(tensor_to_pil(image) for image in level_images[-1])
                 self.samples, self.sample_images, self.batches_drawn = codes, images, 1
             self.adopt(model, codes[0])

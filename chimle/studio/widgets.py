@@ -58,6 +58,9 @@ class ExploreWidgets:
     compare_truth: gr.ImageSlider
     ivo_status: gr.Markdown
     downloads: gr.File
+    batch_result: gr.File
+    batch_status: gr.Markdown
+    examples: gr.Dataset | None  # None when assets/ holds no example photos
 
     @property
     def editor(self) -> list[gr.blocks.Block]:
