@@ -24,7 +24,7 @@ from chimle.studio.models import default_model, find_models
 from chimle.studio.memory import release_free_memory_periodically
 from chimle.studio.inputs import StudioBlocks
 from chimle.studio.security import on_spaces, training_policy
-from chimle.studio.widgets import ExploreWidgets, LevelWidgets, TrainWidgets
+from chimle.studio.widgets import ExploreWidgets, LevelWidgets, PaintWidgets, TrainWidgets
 from chimle.tasks import TASK_NAMES
 
 ROOT = Path(__file__).resolve().parent
@@ -57,6 +57,12 @@ and the finer ones; the strip under the result shows what each level decides.
   first sample of the seed for each, with their codes.
 - **Reconstruct** (inference via optimisation) searches the code whose result is closest to a
   reference photo; stop it any time, the best code so far stays and is editable.
+- **Paint on the result**: brush over a region and **Re-draw** it (a new seed) or **Blend** it
+  toward a seed, at a chosen level: only that level's local code under the region changes, so
+  the rest stays as it was (a fine level's cells reach a few dozen pixels; a coarse level's reach
+  across the photo). Or paint colour strokes and **Find colours**: the studio tries 64 codes
+  against the strokes, then optimises the best on the painted pixels alone; the rest of the
+  photo is left to the model. The found code is editable like any other.
 """
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -198,6 +204,38 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                             reconstruct = gr.Button("Reconstruct", variant="primary")
                             stop_reconstruct = gr.Button("Stop", variant="stop")
                         ivo_status = gr.Markdown()
+                with gr.Accordion("Paint on the result: re-draw a region, or hint colours", open=True,
+                                  elem_id="paint"):
+                    with gr.Row():
+                        with gr.Column(scale=3):
+                            # PNG, no crop or resize tools: strokes must keep their colours and
+                            # land on the result's own pixels.
+                            paint_editor = gr.ImageEditor(
+                                label="Paint here (press ↻ for the current result)", type="numpy",
+                                image_mode="RGBA", sources=[], transforms=(), layers=False, format="png",
+                                brush=gr.Brush(colors=["rgb(200, 30, 30)", "rgb(230, 140, 20)", "rgb(240, 220, 40)",
+                                                       "rgb(40, 160, 60)", "rgb(40, 90, 200)", "rgb(120, 60, 30)",
+                                                       "rgb(255, 255, 255)"], color_mode="defaults"),
+                                height=420, elem_id="paint-editor")
+                        with gr.Column(scale=2):
+                            paint_current = gr.Button("↻ Paint on the current result", size="sm")
+                            gr.Markdown("**Region re-draw**: paint over a region (any colour), choose a level.")
+                            region_level = gr.Dropdown(label="Level", choices=[], elem_id="region-level")
+                            redraw_region = gr.Button("Re-draw region", variant="primary")
+                            with gr.Row():
+                                region_seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED,
+                                                        label="Blend seed", scale=1, min_width=90)
+                                region_amount = gr.Slider(0, 1, value=0.5, step=0.05, label="Blend weight", scale=3)
+                            blend_region = gr.Button("Blend region toward seed")
+                            gr.Markdown("**Colour hints**: paint strokes of the colours you want.")
+                            with gr.Row():
+                                hint_steps = gr.Slider(5, 300, value=60, step=5, label="Optimisation steps")
+                                hint_space = gr.Radio([("Colour (Lab ab)", "ab"), ("RGB", "rgb")], value="ab",
+                                                      label="Match")
+                            with gr.Row():
+                                find_colours = gr.Button("Find colours", variant="primary")
+                                stop_colours = gr.Button("Stop", variant="stop")
+                            paint_status = gr.Markdown(elem_id="paint-status")
                 with gr.Row():
                     save = gr.Button("Save full-size result + code", variant="primary")
                     load_code = gr.UploadButton("Load a saved code (.safetensors)", file_types=[".safetensors"],
@@ -262,7 +300,8 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                                  gallery=gallery, result=result, level_strip=level_strip, status=status,
                                  levels=tuple(levels), compare_input=compare_input, compare_truth=compare_truth,
                                  ivo_status=ivo_status, downloads=downloads_file, batch_result=batch_result,
-                                 batch_status=batch_status, examples=examples)
+                                 batch_status=batch_status, examples=examples,
+                                 paint=PaintWidgets(editor=paint_editor, level=region_level, status=paint_status))
         train = TrainWidgets(tabs=tabs, data_folder=data_folder, message=train_message, runs_table=runs_table,
                              run_choice=run_choice, run_status=run_status, loss_plot=loss_plot,
                              sample_grid=sample_grid, run_log=run_log, stop=stop_training, resume=resume_training,
@@ -278,13 +317,14 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
             examples.click(studio.load_example, [model, examples], image, api_name="load_example")
         start_inputs = [state, model, image, reference, max_side, num_samples, seed, randomise_seed]
         start_outputs = [model_info, notes, *editor, *controls, gallery, seed]
-        model.change(studio.start, start_inputs, start_outputs, api_name="start", **render)
-        image.change(studio.start, start_inputs, start_outputs, api_name="set_input", **render)
-        max_side.release(studio.start, start_inputs, start_outputs, api_name="set_max_side", **render)
-        generate.click(studio.generate, [state, num_samples, seed, randomise_seed], [*editor, *controls, gallery, seed],
-                       api_name="generate", **render)
+        picked = [  # events after which another result is current
+            model.change(studio.start, start_inputs, start_outputs, api_name="start", **render),
+            image.change(studio.start, start_inputs, start_outputs, api_name="set_input", **render),
+            max_side.release(studio.start, start_inputs, start_outputs, api_name="set_max_side", **render),
+            generate.click(studio.generate, [state, num_samples, seed, randomise_seed],
+                           [*editor, *controls, gallery, seed], api_name="generate", **render)]
         more.click(studio.more, [state, num_samples], [state, gallery, status], api_name="more", **render)
-        gallery.select(studio.select, state, [*editor, *controls], api_name="select_sample", **render)
+        picked.append(gallery.select(studio.select, state, [*editor, *controls], api_name="select_sample", **render))
 
         for level, widgets in enumerate(explore.levels):
             number = level + 1
@@ -305,12 +345,30 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
         # One batch at a time across users: every photo is rendered at its own size.
         run_batch.click(studio.batch, [state, model, batch_files, max_side, seed], [state, batch_result, batch_status],
                         api_name="batch", concurrency_id="batch", concurrency_limit=1)
-        load_code.upload(studio.load_code, [state, load_code], [*editor, *controls, gallery], api_name="load_code",
-                         **render)
+        picked.append(load_code.upload(studio.load_code, [state, load_code], [*editor, *controls, gallery],
+                                       api_name="load_code", **render))
         # One reconstruction at a time across users: it is the heaviest job (gradients through the model).
         ivo_event = reconstruct.click(studio.reconstruct, [state, ivo_steps, ivo_lr], [ivo_status, *editor, *controls],
                                       api_name="reconstruct", concurrency_id="ivo", concurrency_limit=1)
         stop_reconstruct.click(None, None, None, cancels=[ivo_event])
+        picked.append(ivo_event)
+
+        paint = explore.paint.outputs
+        paint_current.click(studio.paint_current, state, paint, api_name="paint_current", **render)
+        # A newly picked result goes into the paint editor too (slider edits do not send it: ↻ does).
+        for event in picked:
+            event.then(studio.refresh_paint, [state, region_level], paint, api_visibility="private",
+                       show_progress="hidden", **render)
+        region_inputs = [state, paint_editor, region_level, region_seed, region_amount]
+        redraw_region.click(functools.partial(studio.redraw_region, False), region_inputs, [*editor, *controls, *paint],
+                            api_name="redraw_region", **render)
+        blend_region.click(functools.partial(studio.redraw_region, True), region_inputs, [*editor, *controls, *paint],
+                           api_name="blend_region", **render)
+        # Shares the reconstruction's queue: both take gradients through the model.
+        hints_event = find_colours.click(studio.colour_hints, [state, paint_editor, hint_steps, hint_space],
+                                         [*editor, *controls, *paint], api_name="colour_hints", concurrency_id="ivo",
+                                         concurrency_limit=1)
+        stop_colours.click(None, None, None, cancels=[hints_event])
 
         quick = dict(concurrency_id="runs", concurrency_limit=None, show_progress="hidden")
         demo.load(studio.training_form, None, [data_folder], api_name="training_form")

@@ -11,6 +11,10 @@ from the seed field: z = (1 - a) z0 + a z_seed. With "renormalise" (the default)
 divided by sqrt((1 - a)^2 + a^2): for independent z0, z_seed ~ N(0, I) that makes z exactly
 N(0, I) again, so mid-way codes stay where the model was trained (a plain mix at a = 0.5
 has only 71% of a code's typical length, and looks washed out).
+
+Region edits. `redraw_region` blends one level's local map the same way, cell by cell,
+weighted by how much of each cell a painted mask covers: only the painted part of that
+level's local code moves (docs/method.md#region-re-draw).
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 import torch
+import torch.nn.functional as F
 
 from .codes import LatentCodes
+from .config import ModelConfig
 from .directions import GlobalDirections
+from .tiling import RRDB_RADIUS, STEM_RADIUS, TRUNK_RADIUS
 
 MAX_SEED = 2 ** 32 - 1  # seeds are 0..MAX_SEED (torch's generator refuses numbers past 64 bits)
 NUM_DIRECTIONS = 4  # main directions per level that an edit can move along
@@ -173,3 +180,79 @@ def first_changed_level(old: LatentCodes | None, new: LatentCodes) -> int | None
                 and torch.equal(old.locals[level], new.locals[level])):
             return level
     return None
+
+
+# -- region edits ------------------------------------------------------------------------------
+
+
+def region_weights(mask: torch.Tensor, local_size: tuple[int, int]) -> torch.Tensor:
+    """A mask at image resolution averaged onto one level's local map: each code cell's share of painted area.
+
+    Args:
+        mask: (H, W) in [0, 1] at the code's output size (twice the finest local map); H and W
+            are whole multiples of `local_size`, since each level halves the one after it.
+        local_size: (h, w) of the level's local map.
+
+    Returns:
+        (1, 1, h, w) in [0, 1]: 0 exactly where no painted pixel falls in the cell.
+    """
+    if mask.dim() != 2:
+        raise EditError(f"a region mask is (H, W), got shape {tuple(mask.shape)}")
+    (height, width), (h, w) = mask.shape, local_size
+    if height % h or width % w or height // h != width // w:
+        raise EditError(f"a region mask of {width}x{height} does not fit a local map of {w}x{h}: "
+                        f"give it at the code's output size")
+    if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+        raise EditError("a region mask holds values between 0 and 1")
+    factor = height // h
+    return F.avg_pool2d(mask.float()[None, None], factor)  # (1, 1, h, w): the painted share, exactly
+
+
+def region_reach(config: ModelConfig, level: int) -> int:
+    """How far, in pixels of the final output, a change of one cell of level `level`'s local map reaches.
+
+    Through the convolutions of that level and every finer one (their feature feed carries
+    it on), measured from the cell's edge: an upper bound, every 3x3 conv on the longest path
+    counted with a cell of slack (a tiny model's changes stopped at 60-85% of it). The AdaINs are
+    left out: their instance norm takes each channel's statistics over the whole image, so
+    beyond this reach a region edit still shifts the output by as much as the region moves
+    those statistics (small for a small region; docs/method.md#region-re-draw).
+    """
+    levels = config.num_levels
+    if not 0 <= level < levels:
+        raise EditError(f"the model has {levels} levels, not {level + 1}")
+    reach = 0
+    for finer in range(level, levels):
+        scale = 2 ** (levels - finer)  # final output pixels per pixel of this level's working resolution
+        reach += (STEM_RADIUS + RRDB_RADIUS * config.rrdbs[finer] + TRUNK_RADIUS) * scale
+        # The tail's 3x3 convs at twice the level's resolution: two before the next level, three to the head.
+        reach += (3 if finer == levels - 1 else 2) * scale // 2
+    return reach + 2 ** (levels - level)  # a nearest upsampling may shift by up to a cell
+
+
+def redraw_region(codes: LatentCodes, level: int, mask: torch.Tensor, seed: int, amount: float = 1.0,
+                  renormalise: bool = True) -> LatentCodes:
+    """`codes` with level `level`'s local map blended toward `seed`'s only where `mask` is painted.
+
+    Each code cell moves by amount x its painted share (`region_weights`): amount 1 re-draws a
+    fully painted cell (it becomes the cell of the code `seed` draws, `seeded_level`), a cell
+    on a soft edge is blended part way, renormalised as `blend` does. Cells with no painted
+    pixel keep their values bit for bit, as do the level's global code and every other level.
+
+    Args:
+        codes: one code (or a batch: every sample moves toward the same seed).
+        mask: (H, W) in [0, 1] at the codes' output size.
+    """
+    if not 0 <= level < codes.num_levels:
+        raise EditError(f"the code has {codes.num_levels} levels, not {level + 1}")
+    if not 0 <= amount <= 1:
+        raise EditError("the blend amount lies between 0 and 1")
+    if not 0 <= seed <= MAX_SEED:
+        raise EditError(f"seeds must lie between 0 and {MAX_SEED}")
+    z0 = codes.locals[level]
+    weights = amount * region_weights(mask.to(z0.device), tuple(z0.shape[-2:])).to(z0.dtype)  # (1, 1, h, w)
+    z1 = seeded_level(codes, level, seed)[1].to(z0.device)
+    mixed = (1 - weights) * z0 + weights * z1
+    if renormalise:
+        mixed = mixed / ((1 - weights) ** 2 + weights ** 2).sqrt()
+    return codes.with_level(level, local_code=torch.where(weights > 0, mixed, z0))

@@ -155,6 +155,7 @@ def record_failure(paths: RunPaths, progress: Progress, total_steps: int, write:
                 message += f" (status.json could not be updated either: {status_error.strerror or status_error})"
         raise TrainingFailed(message) from (None if isinstance(error, TrainingFailed) else error)
 
+
 def read_status(paths: RunPaths) -> dict | None:
     """The run's status, or None when it has none (yet) or it is unreadable."""
     try:

@@ -443,7 +443,7 @@ def _model_optimizer_state(config: TrainConfig, task: Task, paths: RunPaths, res
     return net, optimizer, run
 
 
-def _for_ranks_and_device(net: TowerImplicitModel, config: TrainConfig, env: Distributed, device: torch.device):
+def _ddp_and_autocast(net: TowerImplicitModel, config: TrainConfig, env: Distributed, device: torch.device):
     """The module the updates go through (DistributedDataParallel across ranks) and the
     autocast context of the search and the updates (bfloat16 on CUDA when `amp`)."""
     model = net if env.world_size == 1 else torch.nn.parallel.DistributedDataParallel(
@@ -650,7 +650,7 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     distance = load_perceptual_distance(config.lpips_net, device)
     data = _load_data(config, task)
     search = None if config.zero_codes else config.search_config(net.config.num_levels)
-    model, autocast = _for_ranks_and_device(net, config, env, device)
+    model, autocast = _ddp_and_autocast(net, config, env, device)
     metadata = functools.partial(_model_metadata, config, paths, device, data.description)  # metadata(run)
     bar = tqdm(total=config.steps, initial=run.step, desc="train", disable=not (progress and env.is_main),
                dynamic_ncols=True)
@@ -694,7 +694,8 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
 
             # Stop: all ranks together when one is asked to, or once the time budget is spent.
             stopped = _any_rank_stopping(stop.requested, env)
-            budget_spent = not stopped and _out_of_time(config, run)
+            # Agreed by all ranks too: their clocks differ, and a rank that stopped alone would hang.
+            budget_spent = not stopped and _any_rank_stopping(_out_of_time(config, run), env)
             if budget_spent and env.is_main:  # the state at the last step: a longer budget resumes it
                 _save_training_state(paths, net, task, optimizer, run, metadata(run))
             if stopped or budget_spent:
@@ -717,7 +718,7 @@ def _index_codes(codes: LatentCodes, picks: torch.Tensor, device: torch.device) 
 
 
 def _any_rank_stopping(requested: bool, env: Distributed) -> bool:
-    """All ranks stop together when any one was asked to (torchrun forwards signals to all)."""
+    """Whether any rank asks to stop (a signal: torchrun forwards it to all; or its time budget)."""
     if env.world_size == 1:
         return requested
     # NCCL reduces CUDA tensors only; gloo takes CPU ones.

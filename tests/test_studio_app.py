@@ -14,11 +14,14 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client, handle_file
+from PIL import Image
 
 import app
 from chimle.checkpoint import load_codes
 from chimle.cli import main as cli
+from chimle.editing import region_weights
 from chimle.studio.handlers import StudioSettings
 from chimle.studio.models import default_model, find_models, read_defaults, read_task_name
 from chimle.studio.security import TrainingPolicy
@@ -188,6 +191,62 @@ def test_reconstruction_streams_progress_and_stop_keeps_the_code(studio_app):
     assert client.predict(True, 0.5, 0, 0, 0, 0, 0, 0, 0, 1, api_name="/edit_level_1")[-1].startswith("Rendered")
 
 
+def _stroke_layer(path: Path, rows: slice, cols: slice, size=(64, 80), colour=(200, 30, 30)) -> str:
+    """A brush layer as the image editor sends it: RGBA, transparent except the stroke."""
+    layer = np.zeros((*size, 4), np.uint8)
+    layer[rows, cols] = (*colour, 255)
+    Image.fromarray(layer).save(path)
+    return str(path)
+
+
+def test_region_redraw_and_colour_hints_over_http(studio_app, tmp_path):
+    client = _client(studio_app)
+    outputs = _start(client, studio_app)
+    strip = _strip(outputs, START_RESULT)
+    canvas, level, _ = client.predict(api_name="/paint_current")
+    assert level["value"] == 2 and len(level["choices"]) == 3  # the finest of three levels
+    assert np.array_equal(pixels(canvas["background"]), strip[-1])  # the current result to paint on
+    before = _saved_code(client)
+
+    # Re-draw level 3 under the top-left region: levels 1-2 bit-identical, the code only there.
+    region = _stroke_layer(tmp_path / "region.png", slice(0, 16), slice(0, 24))
+    value = {"background": handle_file(canvas["background"]), "layers": [handle_file(region)], "composite": None}
+    redrawn = client.predict(value, 2, 0, 0.5, api_name="/redraw_region")
+    after = _strip(redrawn)
+    assert np.array_equal(after[0], strip[0]) and np.array_equal(after[1], strip[1])
+    assert not np.array_equal(after[2], strip[2])
+    assert "re-drawn with seed" in redrawn[-1] and "Rendered level 3 " in redrawn[-1]
+    edited = _saved_code(client)  # Save saves the edited code
+    painted = torch.zeros(64, 80)
+    painted[:16, :24] = 1
+    cells = region_weights(painted, edited.shape.local_sizes[2])[0, 0] == 0
+    assert torch.equal(edited.locals[2][0][:, cells], before.locals[2][0][:, cells])
+    assert not torch.equal(edited.locals[2], before.locals[2])
+    assert all(torch.equal(a, b) for a, b in zip(edited.globals, before.globals))
+    assert all(torch.equal(edited.locals[k], before.locals[k]) for k in (0, 1))
+    # Blend the same region (nothing painted: the last one) toward seed 7.
+    blended = client.predict(None, 2, 7, 0.5, api_name="/blend_region")
+    assert "blended 50% toward seed 7" in blended[-1]
+
+    # Colour hints: a red stroke; the masked distance falls, the found code is current and editable.
+    stroke = _stroke_layer(tmp_path / "stroke.png", slice(30, 44), slice(20, 60))
+    value = {"background": handle_file(canvas["background"]), "layers": [handle_file(stroke)], "composite": None}
+    job = client.submit(value, 10, "ab", api_name="/colour_hints")
+    reports = [outputs[-1] for outputs in job]
+    assert reports[0].startswith("Trying 64 random codes and the current result")
+    reports = reports[1:]
+    assert [r.split(":")[0] for r in reports] == ["Step 0/10", "Step 5/10", "Step 10/10"]
+    distances = [float(r.split("strokes ")[1].split()[0]) for r in reports]
+    assert distances[-1] < distances[0]
+    assert not _saved_code(client).equal(edited)
+    assert client.predict(True, 0.5, 0, 0, 0, 0, 0, 0, 0, 1, api_name="/edit_level_1")[-1].startswith("Rendered")
+    with pytest.raises(Exception, match="'lab' is not in the list of choices"):
+        client.predict(value, 10, "lab", api_name="/colour_hints")
+    with pytest.raises(Exception, match="expected an uploaded file"):
+        client.predict({"background": None, "layers": ["/etc/passwd"], "composite": None}, 2, 0, 0.5,
+                       api_name="/redraw_region")
+
+
 def test_save_gives_the_result_at_the_photos_own_size(studio_app, tmp_path):
     client = _client(studio_app)
     large = tmp_path / "large.png"
@@ -325,6 +384,39 @@ def test_handlers_update_the_widgets_of_their_level_by_name(tmp_path, single_thr
     randomised = studio.randomise_level(2, session)
     assert set(randomised) == set(page.editor) | set(page.levels[2].outputs)
     assert randomised[page.levels[2].local_blend] == 0.0  # back to neutral
+
+
+def test_paint_handlers_update_the_paint_panel_and_the_edited_levels_widgets(tmp_path, single_thread):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    model_path = tiny_checkpoint(checkpoints, "colourization", levels=3)
+    image_path = tmp_path / "input.png"
+    photo("astronaut", (64, 64)).save(image_path)
+    settings = StudioSettings(checkpoints=checkpoints, runs=tmp_path / "runs", data_root=tmp_path,
+                              assets=tmp_path, policy=TrainingPolicy(False, "off"))
+    _, studio = app.build_studio(settings)
+    page = studio.explore
+    session = studio.start(None, str(model_path), str(image_path), None, 64, 2, 5, False)[page.state]
+    painted = studio.paint_current(session)
+    assert set(painted) == set(page.paint.outputs)
+    assert painted[page.paint.editor]["layers"] == [] and painted[page.paint.level]["value"] == 2
+    layer = np.zeros((64, 64, 4), np.uint8)
+    layer[:16, :16] = (200, 30, 30, 255)
+    value = {"background": None, "layers": [layer], "composite": None}
+    redrawn = studio.redraw_region(False, session, value, 1, 0, 0.5)
+    assert set(redrawn) == set(page.editor) | set(page.levels[1].outputs) | set(page.paint.outputs)
+    assert redrawn[page.paint.level]["value"] == 1  # the chosen level stays chosen
+    assert redrawn[page.status].startswith("Level 2's local code under the painted region re-drawn")
+    updates = list(studio.colour_hints(session, value, 5, "rgb"))
+    assert set(updates[0]) == {page.paint.status}  # at once, before the search
+    assert [u[page.paint.status].split(":")[0] for u in updates[1:]] == ["Step 0/5", "Step 5/5"]
+    assert set(updates[-1]) == set(page.editor) | set(page.controls) | set(page.paint.outputs)
+    with pytest.raises(gr.Error, match="choose the level"):
+        studio.redraw_region(False, session, value, None, 0, 0.5)
+    # A newly picked result refreshes the paint panel, keeping the chosen level, and never fails.
+    refreshed = studio.refresh_paint(session, 0)
+    assert refreshed[page.paint.level]["value"] == 0 and refreshed[page.paint.editor]["layers"] == []
+    assert studio.refresh_paint(None, None)[page.paint.editor] is None
 
 
 def test_training_is_refused_when_the_policy_says_so(tmp_path):

@@ -4,6 +4,7 @@ Modules:
     security: where the app may run training, path confinement, safe zip extraction.
     models: the model registry (checkpoints and finished runs) and the shared model cache.
     session: one user's state (input, samples, current code, edits) and its operations.
+    paint: what the user painted on the result (the image editor's strokes) as mask and colours.
     batches: several photos or a zip in, a zip of full-size results out.
     training: launching, listing, re-attaching to and stopping training processes.
     handlers: Gradio-facing functions (widget values in, widget values out).

@@ -26,9 +26,9 @@ from PIL import Image
 from ..checkpoint import CheckpointError, tensor_digest
 from ..config import PRESETS
 from ..data import DataError
-from ..editing import EditError, LevelEdit
+from ..editing import EditError, LevelEdit, region_reach
 from ..images import IMAGE_EXTENSIONS, ImageError, load_rgb
-from ..ivo import IvOConfig
+from ..ivo import COLOUR_SPACES, IvOConfig
 from ..perceptual import BackboneWeightsError, load_perceptual_distance
 from ..runs import FINISHED, RunPaths
 from ..tasks import TASK_NAMES
@@ -38,10 +38,13 @@ from .batches import BatchError, run_photo_batch
 from .models import MODELS, LoadedModel, default_model, find_models, read_task_name
 from .security import (TrainingPolicy, UnsafePathError, ZipLimits, confine_data_folder, data_folders,
                        extract_images_zip)
-from .session import RenderReport, StudioError, StudioSession
+from .paint import canvas, strokes_from_editor
+from .session import RenderReport, StudioError, StudioSession, fresh_seed
 from .widgets import ExploreWidgets, TrainWidgets
 
 IVO_REPORT_EVERY = 5
+HINT_CANDIDATES = 64  # random codes judged against the colour strokes before IvO refines the best
+HINT_CHUNK = 16  # of them rendered per forward pass
 DEFAULT_MAX_SIDE = 256
 
 USER_ERRORS = (StudioError, EditError, ImageError, CheckpointError, DataError, UnsafePathError,
@@ -437,6 +440,107 @@ class Studio:
                 if first or update.step == update.total_steps:
                     updates |= self.control_values(session, model)
                 first = False
+                yield updates
+
+    # -- painting on the result: region re-draw and colour hints -------------------------------
+
+    def paint_values(self, session: StudioSession, model: LoadedModel | None, message: str = "",
+                     level: int | None = None) -> Updates:
+        """The paint panel: the current result to paint on (nothing painted), the model's levels, a message.
+
+        Args:
+            level: the level to keep chosen (default the finest).
+        """
+        page = self.explore.paint
+        choices = []
+        if model is not None and session.current is not None:
+            out_h = session.prepared.output_size[0]
+            for index in range(model.num_levels):
+                cell = out_h // session.current.locals[index].shape[-2]
+                choices.append((f"Level {index + 1}: cells of {cell} px, reach ≤ "
+                                f"{region_reach(model.net.config, index)} px", index))
+        if level is None or not 0 <= level < len(choices):
+            level = len(choices) - 1 if choices else None
+        return {page.editor: canvas(session.result_image()), page.level: gr.update(choices=choices, value=level),
+                page.status: message}
+
+    def paint_current(self, session: StudioSession | None) -> Updates:
+        """Put the current result into the paint editor."""
+        session = self._session(session)
+        with user_errors():
+            model = self._model(session) if session.model_path else None
+            session.require_current()
+            return self.paint_values(session, model, "Paint a region to re-draw, or colour strokes as hints.")
+
+    def refresh_paint(self, session: StudioSession | None, level: int | None) -> Updates:
+        """After a new result is picked: the paint editor shows it, the chosen level kept; never an error."""
+        session = self._session(session)
+        model = None
+        if session.model_path and session.current is not None:
+            with contextlib.suppress(*USER_ERRORS):
+                model = MODELS.get(session.model_path)
+        return self.paint_values(session, model, "", level if isinstance(level, int) else None)
+
+    def _strokes(self, session: StudioSession, painted: dict | None):
+        return strokes_from_editor(painted, session.require_input().crop)
+
+    def redraw_region(self, blend: bool, session: StudioSession | None, painted: dict | None, level: int | None,
+                      seed: float, amount: float) -> Updates:
+        """Re-draw (a fresh seed) or blend toward `seed` by `amount` the painted region of one level's local code.
+
+        With nothing painted, the last region is re-drawn again. Updates the editor, the
+        level's sliders and the paint panel (the new result, nothing painted).
+        """
+        session = self._session(session)
+        with user_errors():
+            model = self._model(session)
+            if level is None:
+                raise StudioError("choose the level to re-draw")
+            level = int(level)
+            strokes = self._strokes(session, painted)
+            seed = int(seed or 0) if blend else fresh_seed()
+            amount = float(amount) if blend else 1.0
+            session.redraw_region(model, level, strokes.mask if strokes else None, seed, amount)
+            what = f"blended {amount:.0%} toward seed {seed}" if blend else f"re-drawn with seed {seed}"
+            again = "blend it further" if blend else "draw the same region again"
+            message = (f"Level {level + 1}'s local code under the {'painted' if strokes else 'last'} region "
+                       f"{what}. {describe_render(session.last_render, len(session.level_images))} "
+                       f"Press again to {again}, or paint a new region.")
+            return (self.editor_values(session, model, message) | self.control_values(session, model, [level])
+                    | self.paint_values(session, model, message, level))
+
+    def colour_hints(self, session: StudioSession | None, painted: dict | None, steps: float,
+                     space: str) -> Iterator[Updates]:
+        """Find the code whose result has the painted colours, streaming: search, then IvO on the strokes.
+
+        Each report updates the paint panel's message and the editor; the sliders start from
+        the found code; at the end the paint editor shows the result, nothing painted.
+        """
+        session = self._session(session)
+        with user_errors():
+            model = self._model(session)
+            strokes = self._strokes(session, painted)
+            if space not in COLOUR_SPACES or not steps or int(steps) < 1:
+                raise StudioError(f"colour hints need at least one step and a colour space among {COLOUR_SPACES}")
+            config = IvOConfig(steps=int(steps), lr=0.05, init_samples=HINT_CANDIDATES, report_every=IVO_REPORT_EVERY,
+                               colour_space=space, chunk_size=HINT_CHUNK)
+            yield {self.explore.paint.status: f"Trying {HINT_CANDIDATES} random codes and the current result "
+                                              f"against the strokes…"}
+            updates_seen = False
+            for update in session.find_colour_hints(model, strokes.colours if strokes else None,
+                                                    strokes.mask if strokes else None, config):
+                text = f"Step {update.step}/{update.total_steps}: colour distance under the strokes {update.mse:.4f}"
+                if update.step == 0:
+                    text += f" (the best of {HINT_CANDIDATES} random codes and the current result)"
+                done = update.step == update.total_steps
+                if done:
+                    text += " (done: the result is the current code; edit it with the sliders)"
+                updates = self.editor_values(session, model, text) | {self.explore.paint.status: text}
+                if not updates_seen or done:
+                    updates |= self.control_values(session, model)
+                if done:
+                    updates |= self.paint_values(session, model, text, None)
+                updates_seen = True
                 yield updates
 
     # -- training -----------------------------------------------------------------------------

@@ -66,6 +66,9 @@ def check_input(component: gr.components.Component, value: Any, uploaded_only: b
             _refuse(f"{label}: expected true or false, got {_short(value)}")
     elif isinstance(component, gr.Dropdown):
         _check_choice(component, label, value)
+    elif isinstance(component, gr.Radio):
+        if value is not None and value not in [choice for _, choice in component.choices]:
+            _refuse(f"{label}: {_short(value)} is not in the list of choices")
     elif isinstance(component, gr.Textbox):
         if value is not None and not isinstance(value, str):
             _refuse(f"{label}: expected text, got {_short(value)}")
@@ -77,10 +80,31 @@ def check_input(component: gr.components.Component, value: Any, uploaded_only: b
                 read_size(path, UPLOAD_MAX_PIXELS, name=name)
             except ImageError as error:
                 _refuse(str(error))
+    elif isinstance(component, gr.ImageEditor):
+        _check_editor(label, value, uploaded_only)
     elif isinstance(component, (gr.File, gr.UploadButton)):
         several = component.file_count != "single" and isinstance(value, list)
         for record in value if several else [value]:
             _file_path(label, record, uploaded_only)
+
+
+def _check_editor(label: str, value: Any, uploaded_only: bool) -> None:
+    """An image editor's value: None, or background, layers and composite as uploaded images of bounded size.
+
+    (The page sends its strokes through the editor's own upload route instead and names
+    them by an id; those images are not files here, and the fields are empty.)
+    """
+    if value is None:
+        return
+    if not isinstance(value, dict) or not isinstance(value.get("layers") or [], list):
+        _refuse(f"{label}: expected a dict of background, layers and composite images, got {_short(value)}")
+    for record in [value.get("background"), value.get("composite"), *(value.get("layers") or [])]:
+        path = _file_path(label, record, uploaded_only)
+        if path is not None:
+            try:
+                read_size(path, UPLOAD_MAX_PIXELS, name=label)
+            except ImageError as error:
+                _refuse(str(error))
 
 
 def _check_number(label: str, value: Any, minimum: float | None, maximum: float | None, optional: bool) -> None:

@@ -10,6 +10,10 @@ Codes of the current result, per level:
     current  base with the levels' slider edits applied (`editing.apply_edits`): what is
              shown, saved and reloaded.
 
+Painting on the result edits the code too: a region re-draw writes the current code's
+level, with the region re-drawn, into base (`redraw_region`), and colour hints find a new
+code (`find_colour_hints`) that is adopted like a reconstruction's.
+
 The code maths (edits, blends, seeded levels, which level changed) is `chimle.editing`,
 shared with the benchmarks; this module keeps the state and renders.
 """
@@ -21,7 +25,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -33,10 +37,11 @@ from PIL import Image
 from ..batch import CODES_FILE, Progress, write_results
 from ..checkpoint import CheckpointError, load_codes
 from ..codes import LatentCodes
-from ..editing import MAX_SEED, LevelEdit, apply_edits, first_changed_level, keep_levels, redraw_level
+from ..editing import (MAX_SEED, LevelEdit, apply_edits, first_changed_level, keep_levels, redraw_level,
+                       redraw_region)
 from ..imageops import resize
 from ..images import pil_to_tensor, tensor_to_pil
-from ..ivo import IvOConfig, ivo_steps
+from ..ivo import IvOConfig, hint_search, ivo_steps
 from ..model import Render
 from ..pipeline import PreparedInput, prepare, render, sample_codes
 from ..search import Distance
@@ -77,6 +82,22 @@ def prepare_reference(prepared: PreparedInput, image: Image.Image) -> tuple[torc
     if (out_h, out_w) != (crop_h, crop_w):
         target = F.pad(rgb, (0, out_w - crop_w, 0, out_h - crop_h), mode="replicate")
     return target, tensor_to_pil(rgb)
+
+
+def pad_painted(prepared: PreparedInput, painted: torch.Tensor, mode: str = "replicate") -> torch.Tensor:
+    """A (C, h, w) or (B, C, h, w) map painted on the result (the photo's extent) padded to the output size.
+
+    "replicate" (region masks) gives the padding the photo's edge, as `prepare` pads the
+    input; "constant" fills it with zeros (hint masks: nobody painted there).
+    """
+    crop_h, crop_w = prepared.crop
+    if tuple(painted.shape[-2:]) != (crop_h, crop_w):
+        raise StudioError(f"the painting is {painted.shape[-1]}x{painted.shape[-2]}; the result is "
+                          f"{crop_w}x{crop_h}: paint on the current result")
+    out_h, out_w = prepared.output_size
+    if (out_h, out_w) == (crop_h, crop_w):
+        return painted
+    return F.pad(painted, (0, out_w - crop_w, 0, out_h - crop_h), mode=mode)
 
 
 def render_bytes(cached: Render | None) -> int:
@@ -149,8 +170,8 @@ class IvOUpdate:
 
     step: int
     total_steps: int
-    mse: float
-    lpips: float
+    mse: float  # with colour hints: the masked colour distance
+    lpips: float | None  # None for colour hints
 
 
 @dataclass
@@ -177,6 +198,10 @@ class StudioSession:
     cache_codes: LatentCodes | None = None
     level_images: list[torch.Tensor] = field(default_factory=list)
     last_render: RenderReport | None = None
+    # The last region re-drawn and the last colour strokes, at the output size, so that the
+    # same region can be re-drawn again (another seed) without painting it again.
+    region: torch.Tensor | None = None
+    hints: tuple[torch.Tensor, torch.Tensor] | None = None
     # One user's events may overlap (a slider moved while IvO runs); they take turns here.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -248,6 +273,7 @@ class StudioSession:
         self.cache = self.cache_codes = None
         self.level_images, self.edits, self.locked = [], [], []
         self.last_render = None
+        self.region = self.hints = None
 
     # -- samples ------------------------------------------------------------------------------
 
@@ -395,6 +421,79 @@ class StudioSession:
             RENDER_CACHES.used(self)
         self.last_render = RenderReport(start, time.perf_counter() - tic)
         return self.last_render
+
+    # -- painting on the result: region re-draw and colour hints -------------------------------
+
+    def redraw_region(self, model: LoadedModel, level: int, mask: torch.Tensor | None, seed: int,
+                      amount: float = 1.0) -> RenderReport:
+        """Re-draw (amount 1) or blend toward `seed` level `level`'s local code under a painted region.
+
+        The level's local code as shown (its local blend and noise scale applied), with the
+        region edited (`editing.redraw_region`), becomes the level's base; its local sliders
+        return to neutral, its global ones stay. Then it renders as a slider edit does, from
+        `level` on, reusing the coarser levels.
+
+        Args:
+            mask: (h, w) in [0, 1] at the result's size; None re-draws the last region again.
+        """
+        with self.lock:
+            current = self.require_current()
+            self._check_level(level)
+            if mask is None:
+                if self.region is None:
+                    raise StudioError("paint the region to re-draw on the result first")
+                region = self.region
+            else:
+                region = pad_painted(self.prepared, mask.float()[None, None])[0, 0]  # (H, W) at the output size
+                if not (region > 0).any():
+                    raise StudioError("paint the region to re-draw on the result first")
+            edited = redraw_region(current, level, region, int(seed), float(amount), self.renormalise)
+            self.region = region
+            self.base = self.base.with_level(level, local_code=edited.locals[level])
+            self.edits[level] = replace(self.edits[level], local_blend=0.0, noise_scale=1.0)
+            self._apply_edits(model)
+            return self._render_current(model)
+
+    def find_colour_hints(self, model: LoadedModel, colours: torch.Tensor | None, mask: torch.Tensor | None,
+                          config: IvOConfig, seed: int = 0) -> Iterator[IvOUpdate]:
+        """Find a code whose result has the painted colours under the strokes, yielding progress.
+
+        The best of `config.init_samples` random codes and the current one under the masked
+        colour distance (`ivo.hint_search`), then IvO on that distance alone (`ivo_steps` with
+        a mask): nothing pulls the unpainted part of the image, which the code prior keeps
+        plausible. Every report's code becomes the current code, as in `reconstruct`, so the
+        page shows it live and a Stop keeps it, editable with the sliders.
+
+        Args:
+            colours: (1, 3, h, w) RGB in [-1, 1] and mask (h, w) in [0, 1], at the result's
+                size; both None re-uses the last strokes.
+        """
+        with self.lock:
+            prepared = self.require_input()
+            if mask is None:
+                if self.hints is None:
+                    raise StudioError("paint colour strokes on the result first")
+                target, painted = self.hints
+            else:
+                target = pad_painted(prepared, colours.float(), "constant")  # (1, 3, H, W)
+                painted = pad_painted(prepared, mask.float()[None, None], "constant")  # (1, 1, H, W)
+                if not (painted > 0).any():
+                    raise StudioError("paint colour strokes on the result first")
+            include = self.require_current()
+            self.hints = (target, painted)
+        generator = torch.Generator().manual_seed(seed)
+        found = hint_search(model.net, model.task, prepared.x, target, painted, config.init_samples,
+                            config.colour_space, generator, config.chunk_size, include=include)
+        steps = ivo_steps(model.net, model.task, None, prepared.x, target, config, init=found.codes, mask=painted)
+        try:
+            for progress in steps:
+                with self.lock:
+                    if self.prepared is not prepared:
+                        raise StudioError("the input changed while finding the colours; it was abandoned")
+                    self.adopt(model, progress.codes)
+                yield IvOUpdate(progress.step, config.steps, float(progress.mse[0]), None)
+        finally:
+            steps.close()  # restores the model's gradient flags at once, also when stopped early
 
     # -- saving and loading codes -------------------------------------------------------------
 

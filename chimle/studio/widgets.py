@@ -41,6 +41,19 @@ class LevelWidgets:
 
 
 @dataclass(frozen=True)
+class PaintWidgets:
+    """Painting on the result: the editor, the region re-draw's level, and the panel's messages."""
+
+    editor: gr.ImageEditor
+    level: gr.Dropdown
+    status: gr.Markdown
+
+    @property
+    def outputs(self) -> list[gr.blocks.Block]:
+        return [self.editor, self.level, self.status]
+
+
+@dataclass(frozen=True)
 class ExploreWidgets:
     """The Explore tab."""
 
@@ -61,6 +74,7 @@ class ExploreWidgets:
     batch_result: gr.File
     batch_status: gr.Markdown
     examples: gr.Dataset | None  # None when assets/ holds no example photos
+    paint: PaintWidgets
 
     @property
     def editor(self) -> list[gr.blocks.Block]:
