@@ -2,8 +2,9 @@
 
     python -m benchmarks.forward_time [--sizes 128 256] [--repeats 5] [--threads N]
 
-Prints a Markdown table: parameters, median full render, and median re-render after
-editing each level (the studio's slider path), batch 1, CPU, inference mode.
+Prints a Markdown table: parameters, the semantic prior's cost (AlexNet maps, computed
+once per photo), median full render given those maps, and median re-render after editing
+each level (the studio's slider path), batch 1, CPU, inference mode.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads\n")
-    print("| preset | parameters | size | full render (s) | re-render after editing level 1..L (s) |")
-    print("|---|---|---|---|---|")
+    print("| preset | parameters | size | semantic maps, once per photo (s) | full render (s) | "
+          "re-render after editing level 1..L (s) |")
+    print("|---|---|---|---|---|---|")
     for name in args.presets:
         torch.manual_seed(0)
         net = TowerImplicitModel(preset(name, 1, 2)).eval()
@@ -47,11 +49,15 @@ def main() -> None:
             x = torch.rand(1, 1, size, size) * 2 - 1
             codes = LatentCodes.sample(net.code_shape((size, size)), 1, torch.Generator().manual_seed(0))
             with torch.inference_mode():
-                full = median_seconds(lambda: net.render(x, codes), args.repeats)
-                cached = net.render(x, codes)
+                sizes = codes.shape.local_sizes
+                encode = median_seconds(lambda: net.encode(x, sizes), args.repeats) if net.semantic else 0.0
+                context = net.encode(x, sizes)
+                full = median_seconds(lambda: net.render(x, codes, context=context), args.repeats)
+                cached = net.render(x, codes, context=context)
                 partial = [median_seconds(lambda level=level: net.render(x, codes, reuse=cached, start_level=level),
                                           args.repeats) for level in range(net.num_levels)]
-            print(f"| {name} | {count_parameters(net):,} | {size} | {full:.3f} | "
+            semantic = f"{encode:.3f}" if net.semantic else "no prior"
+            print(f"| {name} | {count_parameters(net):,} | {size} | {semantic} | {full:.3f} | "
                   + " / ".join(f"{t:.3f}" for t in partial) + " |")
 
 

@@ -53,10 +53,11 @@ def test_report_has_every_metric_in_range(tmp_path, held_out):
     assert report["num_images"] == 2
     assert [entry["file"] for entry in report["per_image"]] == ["chelsea.png", "coffee.png"]
     assert set(report["per_image"][0]) == {"file", "baseline_lpips", "lpips_diversity", "fwv", "best_lpips", "mean_lpips",
-                                           "best_psnr", "ivo_mse", "ivo_lpips", "ivo_converged"}
+                                           "best_psnr", "colourfulness", "true_colourfulness", "ivo_mse",
+                                           "ivo_lpips", "ivo_converged"}
     summary = report["summary"]
     assert set(summary) == {"baseline_lpips", "lpips_diversity", "fwv", "fwv_sigma", "best_lpips", "mean_lpips", "best_psnr",
-                            "ivo_mse", "ivo_lpips", "ivo_converged_rate", "fid", "kid_mean", "kid_std",
+                            "colourfulness", "true_colourfulness", "ivo_mse", "ivo_lpips", "ivo_converged_rate", "fid", "kid_mean", "kid_std",
                             "kid_subset_size", "prd_f8", "prd_f1_8", "prd_num_clusters"}
     for name in ("baseline_lpips", "lpips_diversity", "fwv", "best_lpips", "mean_lpips", "ivo_lpips"):
         assert 0 <= summary[name] < 2, name
@@ -67,6 +68,19 @@ def test_report_has_every_metric_in_range(tmp_path, held_out):
     assert summary["kid_subset_size"] == 2 and summary["kid_std"] >= 0
     assert 0 <= summary["prd_f8"] <= 1 and 0 <= summary["prd_f1_8"] <= 1
     assert any("biased upwards" in note for note in report["notes"])
+    assert summary["true_colourfulness"] > 5  # real colour photos
+
+
+def test_whole_photos_are_evaluated_at_their_own_size(tmp_path):
+    folder = tmp_path / "wide"
+    for name in ("chelsea", "coffee"):
+        save_png(folder / f"{name}.png", photo(name, 100)[..., :68, :])  # 68 x 100: not a crop's shape
+    path = _checkpoint(tmp_path, seed=0)
+    options = dict(SMALL, crop_size=None, max_side=0, feature_extractor=mean_colour)
+    report = evaluate_checkpoint(path, folder, **options)
+    assert report["options"]["crop_size"] is None and report["options"]["max_side"] == 0
+    crops = evaluate_checkpoint(path, folder, **dict(options, crop_size=64))
+    assert report["per_image"][0]["baseline_lpips"] != crops["per_image"][0]["baseline_lpips"]
 
 
 def mean_colour(images):

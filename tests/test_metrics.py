@@ -192,3 +192,16 @@ def test_ivo_error_flags_convergence_by_the_stated_threshold(lpips_alex):
                        generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(strict.mse, loose.mse)  # same seed, same optimisation
     assert strict.converged.tolist() == [False]  # converged means strictly below
+
+
+def test_colourfulness_is_zero_for_grey_and_grows_with_saturation():
+    from chimle.metrics import colourfulness
+    from tests.conftest import photo
+
+    colour = photo("coffee")
+    grey = colour.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    washed = (colour + grey) / 2  # half the chroma
+    scores = colourfulness(torch.cat([grey, washed, colour]))
+    assert scores[0] < 1e-3
+    assert 0 < scores[1] < scores[2]
+    assert abs(float(scores[1]) * 2 - float(scores[2])) < 0.05 * float(scores[2])  # linear in chroma
