@@ -363,7 +363,8 @@ def test_a_stopped_run_resumes_to_the_end(studio_app):
 # -- handlers without a server ------------------------------------------------------------
 
 
-def test_handlers_update_the_widgets_of_their_level_by_name(tmp_path, single_thread):
+def studio_without_server(tmp_path):
+    """The studio's handlers over a tiny 3-level colourization model and one real photo."""
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
     model_path = tiny_checkpoint(checkpoints, "colourization", levels=3)
@@ -371,7 +372,11 @@ def test_handlers_update_the_widgets_of_their_level_by_name(tmp_path, single_thr
     photo("astronaut", (64, 64)).save(image_path)
     settings = StudioSettings(checkpoints=checkpoints, runs=tmp_path / "runs", data_root=tmp_path,
                               assets=tmp_path, policy=TrainingPolicy(False, "off"))
-    _, studio = app.build_studio(settings)
+    return app.build_studio(settings)[1], model_path, image_path
+
+
+def test_handlers_update_the_widgets_of_their_level_by_name(tmp_path, single_thread):
+    studio, model_path, image_path = studio_without_server(tmp_path)
     page = studio.explore
     started = studio.start(None, str(model_path), str(image_path), None, 64, 2, 5, False)
     session = started[page.state]
@@ -387,14 +392,7 @@ def test_handlers_update_the_widgets_of_their_level_by_name(tmp_path, single_thr
 
 
 def test_paint_handlers_update_the_paint_panel_and_the_edited_levels_widgets(tmp_path, single_thread):
-    checkpoints = tmp_path / "checkpoints"
-    checkpoints.mkdir()
-    model_path = tiny_checkpoint(checkpoints, "colourization", levels=3)
-    image_path = tmp_path / "input.png"
-    photo("astronaut", (64, 64)).save(image_path)
-    settings = StudioSettings(checkpoints=checkpoints, runs=tmp_path / "runs", data_root=tmp_path,
-                              assets=tmp_path, policy=TrainingPolicy(False, "off"))
-    _, studio = app.build_studio(settings)
+    studio, model_path, image_path = studio_without_server(tmp_path)
     page = studio.explore
     session = studio.start(None, str(model_path), str(image_path), None, 64, 2, 5, False)[page.state]
     painted = studio.paint_current(session)
