@@ -24,6 +24,7 @@ from chimle.studio.models import default_model, find_models
 from chimle.studio.memory import release_free_memory_periodically
 from chimle.studio.inputs import StudioBlocks
 from chimle.studio.security import on_spaces, training_policy
+from chimle.studio.training import FROM_SCRATCH, start_choices
 from chimle.studio.widgets import ExploreWidgets, LevelWidgets, PaintWidgets, TrainWidgets
 from chimle.tasks import TASK_NAMES
 
@@ -106,6 +107,7 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                  max_queue: int = 32) -> tuple[gr.Blocks, Studio]:
     """The page and its handlers: `build_demo`, also giving the `Studio` (tests call its handlers)."""
     downloads = Downloads()
+    gr.set_static_paths([downloads.previews_root])
     opening = default_model(find_models(settings.checkpoints, settings.runs), settings.checkpoints)
     # The example photos of the opening model's task; they change with the model.
     opening_examples = examples_for_task(settings.assets, opening.task if opening else None)
@@ -144,6 +146,8 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                         with gr.Row():
                             generate = gr.Button("Generate", variant="primary")
                             more = gr.Button("More")
+                        sample_index = gr.Number(value=0, precision=0, visible=False)
+                        pick_sample = gr.Button("Pick sample", visible=False)
                         gallery = gr.Gallery(label="Samples (click one to edit it)", columns=4, height=420,
                                              format="png", allow_preview=False, object_fit="contain",
                                              elem_id="samples")
@@ -229,7 +233,8 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                             blend_region = gr.Button("Blend region toward seed")
                             gr.Markdown("**Colour hints**: paint strokes of the colours you want.")
                             with gr.Row():
-                                hint_steps = gr.Slider(5, 300, value=60, step=5, label="Optimisation steps")
+                                hint_steps = gr.Slider(5, 300, value=60, step=5, label="Optimisation steps",
+                                                       elem_id="hint-steps")
                                 hint_space = gr.Radio([("Colour (Lab ab)", "ab"), ("RGB", "rgb")], value="ab",
                                                       label="Match")
                             with gr.Row():
@@ -241,7 +246,8 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                     load_code = gr.UploadButton("Load a saved code (.safetensors)", file_types=[".safetensors"],
                                                 type="filepath")
                 downloads_file = gr.File(label="Downloads: the result at the photo's own size (lossless PNG) and "
-                                               "its code", file_count="multiple", interactive=False, visible=False)
+                                               "its code", file_count="multiple", interactive=False, visible=False,
+                                         elem_id="downloads")
                 with gr.Accordion("Batch: many photos at once", open=False, elem_id="batch"):
                     gr.Markdown("Each photo gets the first sample of the seed above, with the chosen model and "
                                 "working size, at its own size; the zip holds each result (PNG) and its code.")
@@ -257,9 +263,14 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                 policy = settings.policy
                 gr.Markdown(f"_{policy.reason}_")
                 with gr.Row():
-                    task = gr.Dropdown(list(TASK_NAMES), value="colourization", label="Task",
+                    task = gr.Dropdown(list(TASK_NAMES), value=TASK_NAMES[0], label="Task",
                                        interactive=policy.allowed)
-                    preset = gr.Dropdown(list(PRESETS), value="cpu", label="Preset", interactive=policy.allowed)
+                    # The page load offers the task's models, its default shipped model chosen.
+                    start_from = gr.Dropdown(start_choices([]), value=FROM_SCRATCH, label="Start from",
+                                             info="a model of the task, trained further on your photos, or a new one",
+                                             interactive=policy.allowed, elem_id="start-from")
+                    preset = gr.Dropdown(list(PRESETS), value="cpu", label="Preset", interactive=policy.allowed,
+                                         info="a model to start from fixes it")
                     steps = gr.Number(value=3000, precision=0, minimum=1, label="Steps", interactive=policy.allowed)
                     run_name = gr.Textbox(label="Run name (optional)", interactive=policy.allowed)
                 with gr.Row():
@@ -268,6 +279,7 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                                               allow_custom_value=True, interactive=policy.allowed)
                     archive = gr.File(label="…or a zip of photos", file_types=[".zip"], type="filepath",
                                       interactive=policy.allowed)
+                data_help = gr.Markdown(elem_id="data-help")  # what to do while the data root is empty
                 with gr.Accordion("Advanced", open=False):
                     extra_flags = gr.Textbox(label="Extra trainer flags (see python -m chimle train --help)",
                                              placeholder="--crop-size 64 --batch-size 2", interactive=policy.allowed)
@@ -302,7 +314,8 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                                  ivo_status=ivo_status, downloads=downloads_file, batch_result=batch_result,
                                  batch_status=batch_status, examples=examples,
                                  paint=PaintWidgets(editor=paint_editor, level=region_level, status=paint_status))
-        train = TrainWidgets(tabs=tabs, data_folder=data_folder, message=train_message, runs_table=runs_table,
+        train = TrainWidgets(tabs=tabs, preset=preset, start_from=start_from, data_folder=data_folder,
+                             data_help=data_help, message=train_message, runs_table=runs_table,
                              run_choice=run_choice, run_status=run_status, loss_plot=loss_plot,
                              sample_grid=sample_grid, run_log=run_log, stop=stop_training, resume=resume_training,
                              open_in_explore=open_in_explore)
@@ -325,6 +338,9 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                            [*editor, *controls, gallery, seed], api_name="generate", **render)]
         more.click(studio.more, [state, num_samples], [state, gallery, status], api_name="more", **render)
         picked.append(gallery.select(studio.select, state, [*editor, *controls], api_name="select_sample", **render))
+        # The same for API clients, which cannot send a gallery click (README, "Using the studio from Python").
+        picked.append(pick_sample.click(studio.pick_sample, [state, sample_index], [*editor, *controls],
+                                        api_name="pick_sample", **render))
 
         for level, widgets in enumerate(explore.levels):
             number = level + 1
@@ -371,11 +387,14 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
         stop_colours.click(None, None, None, cancels=[hints_event])
 
         quick = dict(concurrency_id="runs", concurrency_limit=None, show_progress="hidden")
-        demo.load(studio.training_form, None, [data_folder], api_name="training_form")
+        demo.load(studio.training_form, task, train.form, api_name="training_form")
+        task.change(studio.choose_task, task, [start_from, preset], api_visibility="private", **quick)
+        start_from.change(studio.choose_start, [task, start_from], preset, api_visibility="private", **quick)
         demo.load(studio.refresh_runs, run_choice, train.run, api_name="refresh_runs", **quick)
         timer.tick(studio.refresh_runs, run_choice, train.run, api_visibility="private", **quick)
         run_choice.input(studio.refresh_runs, run_choice, train.run, api_visibility="private", **quick)
-        start_training.click(studio.start_training, [task, preset, steps, run_name, data_folder, archive, extra_flags],
+        start_training.click(studio.start_training,
+                             [task, preset, steps, run_name, data_folder, archive, extra_flags, start_from],
                              [train_message, *train.run], api_name="start_training", **quick)
         stop_training.click(studio.stop_training, run_choice, [train_message, *train.run],
                             api_name="stop_training", **quick)

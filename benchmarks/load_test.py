@@ -176,15 +176,34 @@ def user_edit(user: int, round_index: int) -> LevelEdit:
                      local_blend=0.5, noise_scale=0.8)
 
 
-def _fetch(url: str, timeout: float = 120) -> bytes:
+def fetch(url: str, timeout: float = 120) -> bytes:
+    """The bytes at `url` (a file the app serves), as a browser's download gets them."""
     response = httpx.get(url, timeout=timeout)
     response.raise_for_status()
     return response.content
 
 
-def _pixels(data: bytes) -> np.ndarray:
+def decode_pixels(data: bytes) -> np.ndarray:
+    """An image file's bytes as an (H, W, 3) uint8 array."""
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image.convert("RGB")).copy()
+
+
+def saved_file_urls(downloads: dict) -> dict[str, str]:
+    """The URLs of what /save wrote, by suffix: ".png" (the result) and ".safetensors" (its code)."""
+    return {Path(item.get("orig_name") or item["path"]).suffix: item["url"] for item in downloads["value"]}
+
+
+def read_code(data: bytes, fingerprint: str) -> LatentCodes:
+    """A downloaded code file's codes; AssertionError if it does not load for the model of `fingerprint`."""
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as handle:
+        handle.write(data)
+        handle.flush()
+        try:
+            codes, _ = load_codes(handle.name, fingerprint)
+        except CheckpointError as error:
+            raise AssertionError(f"the downloaded code does not load: {error}") from None
+    return codes
 
 
 def model_choice(client) -> str:
@@ -203,12 +222,12 @@ def open_client(url: str):
     return Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": CONNECT_TIMEOUT})
 
 
-def start_user(client, plan: Plan) -> list:
-    """Pick the model and upload the photo (the page's first events)."""
+def start_user(client, plan: Plan, seed: int = 0) -> list:
+    """Pick the model and upload the photo (the page's first events); the samples are of `seed`."""
     from gradio_client import handle_file
 
     model = model_choice(client)
-    return client.predict(model, handle_file(str(plan.image)), None, plan.max_side, plan.samples, 0, False,
+    return client.predict(model, handle_file(str(plan.image)), None, plan.max_side, plan.samples, seed, False,
                           api_name="/set_input")
 
 
@@ -234,24 +253,18 @@ def play_round(client, user: int, round_index: int, plan: Plan, model: LoadedMod
     tic = time.perf_counter()
     downloads, _ = client.predict(api_name="/save")
     report.latencies["save"].append(time.perf_counter() - tic)
-    files = {Path(item.get("orig_name") or item["path"]).suffix: item["url"] for item in downloads["value"]}
+    files = saved_file_urls(downloads)
     tic = time.perf_counter()
-    png, code = _fetch(files[".png"]), _fetch(files[".safetensors"])
+    png, code = fetch(files[".png"]), fetch(files[".safetensors"])
     report.latencies["download"].append(time.perf_counter() - tic)
 
     # The code this user asked for: sample 0 of its seed, its level edited with its sliders.
-    with tempfile.NamedTemporaryFile(suffix=".safetensors") as handle:
-        handle.write(code)
-        handle.flush()
-        try:
-            saved, _ = load_codes(handle.name, model.fingerprint)
-        except CheckpointError as error:
-            raise AssertionError(f"the downloaded code does not load: {error}") from None
+    saved = read_code(code, model.fingerprint)
     base = LatentCodes.sample(saved.shape, plan.samples, torch.Generator().manual_seed(seed))[0]
     expected = apply_edits(base, {level: edit}, model.directions, renormalise=True)
     if not saved.equal(expected):
         raise AssertionError(f"user {user} round {round_index}: the downloaded code is not the one asked for")
-    saved_pixels, shown = _pixels(png), _pixels(_fetch(result_url))
+    saved_pixels, shown = decode_pixels(png), decode_pixels(fetch(result_url))
     if saved_pixels.shape != shown.shape:  # a photo larger than the working size: Save gives its own size
         shown = full_size_pixels(model, plan, expected)
     if not np.array_equal(saved_pixels, shown):
@@ -363,16 +376,26 @@ def queue_burst(url: str, requests: int, plan: Plan, clients: int = 4, timeout: 
 # -- the whole test ---------------------------------------------------------------------------------
 
 class PeakMemory:
-    """The highest resident memory of a process while the `with` block runs (sampled twice a second)."""
+    """The highest resident memory of a process while the `with` block runs (sampled every `every` s).
+
+    Every sample is kept too, in `samples` as (time.monotonic(), MB). Sampling stops early
+    if the process is gone.
+    """
 
     def __init__(self, pid: int, every: float = 0.5) -> None:
         self.pid, self.every, self.mb = pid, every, 0.0
+        self.samples: list[tuple[float, float]] = []
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while True:
-            self.mb = max(self.mb, resident_mb(self.pid))
+            try:
+                mb = resident_mb(self.pid)
+            except (OSError, RuntimeError):  # the process has exited (or is a zombie without memory)
+                return
+            self.samples.append((time.monotonic(), mb))
+            self.mb = max(self.mb, mb)
             if self._done.wait(self.every):
                 return
 
@@ -384,6 +407,7 @@ class PeakMemory:
         self._done.set()
         self._thread.join()
 
+
 def percentile(values: list[float], fraction: float) -> float:
     """The `fraction` quantile (nearest rank), NaN for no values."""
     if not values:
@@ -392,9 +416,10 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
 
 
-def summarise(reports: list[UserReport]) -> dict:
+def summarise(reports: list, kinds: tuple[str, ...] = KINDS) -> dict:
+    """Count, p50, p95, max and mean latency per request kind over the reports' `latencies`."""
     table = {}
-    for kind in KINDS:
+    for kind in kinds:
         values = [v for report in reports for v in report.latencies[kind]]
         table[kind] = {"count": len(values), "p50": percentile(values, 0.5), "p95": percentile(values, 0.95),
                        "max": max(values) if values else float("nan"),

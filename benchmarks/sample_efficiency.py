@@ -47,7 +47,7 @@ from scipy.special import gammaln
 from benchmarks.render_speed import count_flops, inference_copy
 from chimle.checkpoint import load_checkpoint
 from chimle.codes import LatentCodes
-from chimle.data import ImageCorpus, PairedCorpus, validation_batch
+from chimle.data import DEFAULT_MAX_SIDE, ImageCorpus, PairedCorpus, validation_batch
 from chimle.imageops import resize
 from chimle.model import TowerImplicitModel
 from chimle.perceptual import MIN_IMAGE_SIZE, load_perceptual_distance
@@ -385,9 +385,12 @@ def plot(result: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def held_out_batch(task: Task, data: str, crop_size: int, images: int):
-    """Center crops of the first `images` held-out photos (as `chimle eval` takes them)."""
-    corpus = PairedCorpus.from_folder(data) if task.paired else ImageCorpus.from_folder(data)
+def held_out_batch(task: Task, data: str, crop_size: int, images: int, max_side: int = DEFAULT_MAX_SIDE):
+    """Center crops of the first `images` held-out photos (as `chimle eval` takes them), the
+    photos first fitted to `max_side` (0: their own size)."""
+    max_side = max(max_side or 10 ** 6, crop_size)  # as `chimle eval` does
+    corpus = (PairedCorpus.from_folder(data, max_side) if task.paired
+              else ImageCorpus.from_folder(data, max_side))
     files = [target for _, target in corpus.pairs] if task.paired else corpus.paths
     count = min(images, len(corpus))
     return validation_batch(corpus, crop_size, task, count, seed=0), [Path(f).name for f in files[:count]]

@@ -1,21 +1,25 @@
 """How long the studio makes a user wait: the sample grid, and an edit of each level.
 
 Two views of the same operations: the library (`StudioSession`, no web server) and the app
-over HTTP (`app.build_demo` launched on a free port, driven by gradio_client; the time from
-the request a slider release sends to the response carrying the new image).
+over HTTP (`app.build_demo` launched on a free port; the time from the request a slider
+release sends to each response carrying a new image, read from Gradio's event stream as it
+arrives, then the download of that image, which the page does next).
 
-    python benchmarks/studio_latency.py --checkpoint runs/colour-cpu/checkpoints/latest.safetensors \
-        --image data/demo/held_out/skimage__chelsea.png --max-side 256
+    python benchmarks/studio_latency.py --checkpoint checkpoints/colourization-cpu.safetensors \
+        --image assets/dogs-grey.png --max-side 256 --edits 30
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import socket
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -86,27 +90,63 @@ def app_timings(checkpoint: Path, image: Path, max_side: int, samples: int, edit
         port = _free_port()
         demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.launch_options(settings))
         try:
-            # The browser fetches the new images itself; the client need not download them.
+            # gradio_client uploads the photo and opens the session; the timed requests then go
+            # straight over HTTP in that session, as the page's do (the client's own thread and
+            # polling add about 0.1 s a request, which no browser pays).
             client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
             model_path = str(next(checkpoints.iterdir()))
             client.predict(model_path, handle_file(str(image)), None, max_side, samples, 0, False,
                            api_name="/set_input")
-            tic = time.perf_counter()
-            client.predict(samples, 1, False, api_name="/generate")
-            grid = time.perf_counter() - tic
-            per_level, rss_after_first = {}, None
+            call = functools.partial(_timed_call, f"http://127.0.0.1:{port}/gradio_api", client.session_hash)
+            grid = call("generate", [samples, 1, False])[0][-1]
+            per_level, first_image, fetch, rss_after_first = {}, {}, [], None
             for level in range(MODELS.get(model_path).num_levels):
-                times = []
+                first_image[level], per_level[level] = [], []
                 for index in range(edits):
-                    tic = time.perf_counter()
-                    client.predict(True, *_edit_values(index), api_name=f"/edit_level_{level + 1}")
-                    times.append(time.perf_counter() - tic)
+                    # A slow edit streams its coarse level first: the time to each response.
+                    arrivals, outputs = call(f"edit_level_{level + 1}", [True, *_edit_values(index)])
+                    first_image[level].append(arrivals[0])
+                    per_level[level].append(arrivals[-1])
+                    result = next(value for value in outputs if isinstance(value, dict) and "url" in value)
+                    fetch.append(_fetch_seconds(result["url"]))  # what the page then downloads
                     rss_after_first = rss_after_first or _rss_mb()
-                per_level[level] = times
             rss_after_all = _rss_mb()
         finally:
             demo.close()
-    return {"grid": grid, "per_level": per_level, "rss_after_first": rss_after_first, "rss_after_all": rss_after_all}
+    return {"grid": grid, "per_level": per_level, "first_image": first_image, "fetch": fetch,
+            "rss_after_first": rss_after_first, "rss_after_all": rss_after_all}
+
+
+def _timed_call(api: str, session: str, name: str, data: list) -> tuple[list[float], list]:
+    """Call endpoint `name` in `session` over Gradio's HTTP API, reading its event stream as it
+    comes: the seconds from the request to each response, and the last response's outputs."""
+    tic = time.perf_counter()
+    request = urllib.request.Request(f"{api}/call/{name}", data=json.dumps({"data": data, "session_hash": session}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        event_id = json.load(response)["event_id"]
+    arrivals, outputs, event = [], None, None
+    with urllib.request.urlopen(f"{api}/call/{name}/{event_id}") as stream:
+        for line in stream:
+            line = line.decode().strip()
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and event in ("generating", "complete"):
+                outputs = json.loads(line.split(":", 1)[1])
+                # A generator's last yield comes twice, as "generating" and as "complete".
+                if event == "generating" or not arrivals:
+                    arrivals.append(time.perf_counter() - tic)
+            elif line.startswith("data:") and event == "error":
+                raise RuntimeError(f"{name} failed: {line}")
+    return arrivals, outputs
+
+
+def _fetch_seconds(url: str) -> float:
+    """The time to download one result image from the app, as the page does after a response."""
+    tic = time.perf_counter()
+    with urllib.request.urlopen(url) as response:
+        response.read()
+    return time.perf_counter() - tic
 
 
 def main() -> None:
@@ -129,16 +169,23 @@ def main() -> None:
     if not args.no_app:
         rows.append(("app over HTTP", app_timings(args.checkpoint, args.image, args.max_side, args.samples,
                                                   args.edits)))
-    print(f"\n{'':16}{'grid of ' + str(args.samples):>14}" + "".join(
+    if not args.no_app:
+        app_rows = rows.pop()[1]
+        rows += [("app, first image", {**app_rows, "per_level": app_rows["first_image"]}),
+                 ("app, final image", app_rows)]
+    print(f"\n{'':18}{'grid of ' + str(args.samples):>14}" + "".join(
         f"{'edit level ' + str(level + 1):>22}" for level in library["per_level"]))
     for name, timing in rows:
         cells = "".join(f"{statistics.median(times):>9.3f} s (max {max(times):.2f})"
                         for times in timing["per_level"].values())
-        print(f"{name:16}{timing['grid']:>12.2f} s{cells}")
-    print(f"\nmedian of {args.edits} edits per level; an edit of level l re-renders levels l..L only")
+        grid = f"{timing['grid']:>12.2f} s" if name != "app, first image" else f"{'':14}"
+        print(f"{name:18}{grid}{cells}")
+    print(f"\nmedian of {args.edits} edits per level; an edit of level l re-renders levels l..L only;")
+    print("where the last full render took over 0.1 s, an edit of a level with finer ones streams its")
+    print("coarse result first (first image), then the result (final image)")
     if not args.no_app:
-        app_rows = rows[1][1]
         total = args.edits * len(app_rows["per_level"])
+        print(f"fetching the result image from the app: median {statistics.median(app_rows['fetch']) * 1000:.1f} ms")
         print(f"app process memory: {app_rows['rss_after_first']:.0f} MB after the first edit, "
               f"{app_rows['rss_after_all']:.0f} MB after {total} edits")
 

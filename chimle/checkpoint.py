@@ -132,6 +132,26 @@ def load_checkpoint(path: str | os.PathLike, expected_task: str | None = None,
     return Checkpoint(net.to(device).eval(), task, metadata)
 
 
+def read_model_header(path: str | os.PathLike) -> tuple[ModelConfig, Task]:
+    """A checkpoint's model config and task, from its header alone (the weights are not read
+    or checked: `load_checkpoint` does that).
+
+    Raises:
+        CheckpointError: not a readable chimle checkpoint, or its header is invalid.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {error}") from None
+    if header.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: expected a {CHECKPOINT_FORMAT} file, found format {header.get('format')!r}")
+    try:
+        return ModelConfig.from_dict(json.loads(header["model_config"])), task_from_dict(json.loads(header["task"]))
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: invalid model config or task in the header: {error}") from None
+
+
 def model_fingerprint(net: TowerImplicitModel, task: Task) -> str:
     """A short id of a model's architecture and task, stored with saved codes."""
     text = json.dumps({"config": net.config.to_dict(), "task": task.to_dict()}, sort_keys=True)

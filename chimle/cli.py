@@ -35,6 +35,7 @@ TRAIN_HELP = {
     "cimle_samples": "cIMLE samples per search (default: the sum of --samples-per-level, equal cost)",
     "iterative_construction": "CHIMLE ablation switch (IC)",
     "partial_evaluation": "CHIMLE ablation switch (PE)",
+    "rejection_threshold": "RS-IMLE: the search never chooses a candidate closer than this LPIPS (0: off)",
     "zero_codes": "fix every code to zero, no search: the unimodal baseline",
     "steps": "total gradient steps",
     "time_budget_minutes": "finish once training has run this many minutes (0: no limit)",

@@ -20,6 +20,7 @@ checkpoints are compared on identical inputs and identical random draws.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -40,6 +41,7 @@ from .metrics import (DEFAULT_IVO_THRESHOLD, best_and_mean_lpips, colourfulness,
                       fid_kid, ivo_error, lpips_diversity, prd_scores, psnr)
 from .perceptual import MIN_IMAGE_SIZE, load_perceptual_distance
 from .pipeline import PreparedInput, render
+from .tasks import make_task
 
 REPORT_FORMAT = "chimle-eval/1"
 
@@ -182,7 +184,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
                         max_side: int = DEFAULT_MAX_SIDE,
                         ivo_threshold: float = DEFAULT_IVO_THRESHOLD, ivo_init_samples: int = 16,
                         lpips_net: str = "alex", device: str = "cpu",
-                        feature_extractor: FeatureExtractor | None = None) -> dict[str, Any]:
+                        feature_extractor: FeatureExtractor | None = None,
+                        task_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate one checkpoint on the photos of `data_dir` (see the module docstring).
 
     Args:
@@ -199,6 +202,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
         ivo_threshold: a photo counts as reconstructed when IvO's MSE is below this.
         feature_extractor: images -> features for FID/KID/PRD; default the TF-FID
             Inception, or none (with a note in the report) when it is not installed.
+        task_params: degrade the photos as the model's task with these parameters instead
+            of its own, e.g. {"quality": 20} for a blind JPEG model at one quality.
 
     Returns:
         A JSON-able dict: "format", "checkpoint", "task", "checkpoint_metadata",
@@ -212,10 +217,15 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
     started = time.monotonic()
     loaded = load_checkpoint(checkpoint, device=device)
     net, task = loaded.net, loaded.task
+    if task_params is not None:  # same mapping to images, another degradation
+        task = make_task(task.name, **task_params)
     photos, names = _held_out_photos(task, data_dir, crop_size, max_images, seed, max_side,
                                      2 ** net.num_levels)
     distance = load_perceptual_distance(lpips_net, device)
     notes: list[str] = []
+    if task_params is not None:
+        notes.append(f"Photos degraded as {json.dumps(task.to_dict())}; the model's own task is "
+                     f"{json.dumps(loaded.task.to_dict())}.")
     features = feature_extractor if feature_extractor is not None else _load_features(device, notes)
     if num_samples < 2:
         notes.append("LPIPS diversity needs at least 2 samples per photo; it was not computed.")
@@ -249,6 +259,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
         "format": REPORT_FORMAT,
         "checkpoint": str(checkpoint),
         "task": task.to_dict(),
+        "model_task": loaded.task.to_dict(),
         "checkpoint_metadata": loaded.metadata,
         "options": {"data": str(data_dir), "num_samples": num_samples, "crop_size": crop_size,
                     "max_side": max_side,
@@ -351,6 +362,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     parser.add_argument("--out", default=None, metavar="FILE", help="write the reports as JSON")
     parser.add_argument("--markdown", default=None, metavar="FILE", help="write the table as Markdown")
+    parser.add_argument("--task-params", type=json.loads, default=None, metavar="JSON",
+                        help="degrade with these task parameters instead of the model's, e.g. "
+                             "'{\"quality\": 20}' for a blind JPEG model at quality 20")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -362,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
         ivo_steps=args.ivo_steps, sigma=args.sigma, seed=args.seed, max_images=args.max_images,
         progress=not args.no_progress, ivo_threshold=args.ivo_threshold,
         ivo_init_samples=args.ivo_init_samples, lpips_net=args.lpips_net,
-        device=args.device) for path in args.checkpoint]
+        device=args.device, task_params=args.task_params) for path in args.checkpoint]
     document = _markdown_document(reports)
     if args.out:
         atomic_write_json(args.out, {"format": REPORT_FORMAT, "reports": reports})

@@ -95,31 +95,55 @@ def sample_codes(net: TowerImplicitModel, prepared: PreparedInput, num: int, see
     return LatentCodes.sample(net.code_shape(prepared.output_size), num, torch.Generator().manual_seed(seed))
 
 
+def _cropped(prepared: PreparedInput, image: torch.Tensor) -> torch.Tensor:
+    """`image` (at any level's size) with the padding `prepare` added cropped away."""
+    h, w = image.shape[-2:]
+    full_h, full_w = prepared.output_size
+    crop_h = max(1, round(prepared.crop[0] * h / full_h))
+    crop_w = max(1, round(prepared.crop[1] * w / full_w))
+    return image[..., :crop_h, :crop_w].clamp(-1, 1)
+
+
 def render(net: TowerImplicitModel, task: Task, prepared: PreparedInput, codes: LatentCodes,
-           reuse: Render | None = None, start_level: int = 0,
-           as_result: bool = False) -> tuple[list[torch.Tensor], Render]:
+           reuse: Render | None = None, start_level: int = 0, as_result: bool = False,
+           upto: int | None = None, map_levels: str = "all") -> tuple[list[torch.Tensor], Render]:
     """Every level's RGB image, padding cropped away, and the render for later reuse.
 
     Args:
         as_result: map outputs to RGB as results are given to users (`Task.to_result_rgb`:
             colourization keeps the photo's lightness exactly), not as the loss sees them
             (`Task.to_rgb`, the default, which evaluation and the pinned outputs use).
+        upto: render only the first `upto` levels (default all); a later call can go on from
+            the returned render with `reuse` and `start_level=upto`.
+        map_levels: which levels' outputs become images: "all", "new" (the levels this call
+            rendered, from `start_level`: the caller keeps its images of the reused ones) or
+            "final" (the last level alone: a gallery needs no partial outputs).
 
     Returns:
-        (images, render): images[l] is (B, 3, h_l, w_l) in [-1, 1].
+        (images, render): images[l] is (B, 3, h_l, w_l) in [-1, 1], for the levels
+        `map_levels` names (images[0] is level `start_level`'s for "new", the last's for "final").
     """
     x = prepared.x.expand(codes.batch_size, -1, -1, -1)
     to_rgb = task.to_result_rgb if as_result else task.to_rgb
     with torch.inference_mode():
-        result = net.render(x, codes, reuse=reuse, start_level=start_level)
-        images = []
-        full_h, full_w = prepared.output_size
-        for output in result.outputs:
-            h, w = output.shape[-2:]
-            crop_h = max(1, round(prepared.crop[0] * h / full_h))
-            crop_w = max(1, round(prepared.crop[1] * w / full_w))
-            images.append(to_rgb(x, output)[..., :crop_h, :crop_w].clamp(-1, 1))
+        result = net.render(x, codes, upto=upto, reuse=reuse, start_level=start_level)
+        outputs = {"all": result.outputs, "new": result.outputs[start_level:],
+                   "final": result.outputs[-1:]}[map_levels]
+        images = [_cropped(prepared, to_rgb(x, output)) for output in outputs]
     return images, result
+
+
+def coarse_result(task: Task, prepared: PreparedInput, output: torch.Tensor) -> torch.Tensor:
+    """A result at the final size from one coarse level's output (B, C, h, w): a preview to show
+    while the finer levels render.
+
+    The output is upsampled bilinearly before it is mapped to RGB, so colourization's
+    preview already has the photo's own lightness at full detail, only its colours coarse.
+    """
+    x = prepared.x.expand(output.shape[0], -1, -1, -1)
+    with torch.inference_mode():
+        upsampled = F.interpolate(output, size=prepared.output_size, mode="bilinear", align_corners=False)
+        return _cropped(prepared, task.to_result_rgb(x, upsampled))
 
 
 # -- results at the photo's own size ---------------------------------------------------------

@@ -6,6 +6,8 @@ read nothing else):
     config.json        all options, code version, data description: enough to reproduce
     status.json        state (running / finished / failed / stopped), message, pid, step
     metrics.jsonl      one JSON line per logging step
+    validation.jsonl   one JSON line per sample grid: its samples' best LPIPS to the truth
+                       (step 0: the model the run started from, when it started from one)
     samples/           PNG grids for a fixed validation batch
     checkpoints/       latest.safetensors, step-NNNNNNN.safetensors, train_state.pt
     model.safetensors  the final model, once the run has finished
@@ -52,6 +54,10 @@ class RunPaths:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
+
+    @property
+    def validation(self) -> Path:
+        return self.root / "validation.jsonl"
 
     @property
     def samples(self) -> Path:
@@ -191,23 +197,23 @@ def effective_status(paths: RunPaths) -> dict | None:
     return status
 
 
-def append_metrics(paths: RunPaths, record: dict) -> None:
+def _append_line(path: Path, record: dict) -> None:
     try:
-        with open(paths.metrics, "a") as handle:
+        with open(path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
     except OSError as error:  # a full disk fails the flush, which names no file
-        named = naming_path(error, paths.metrics)
+        named = naming_path(error, path)
         if named is error:
             raise
         raise named from error
 
 
-def read_metrics(paths: RunPaths) -> list[dict]:
-    """All complete metric lines (a torn last line from a kill is skipped)."""
+def _read_lines(path: Path) -> list[dict]:
+    """All complete JSON lines of `path` (a torn last line from a kill is skipped)."""
     records = []
     try:
-        with open(paths.metrics) as handle:
+        with open(path) as handle:
             for line in handle:
                 try:
                     records.append(json.loads(line))
@@ -218,7 +224,26 @@ def read_metrics(paths: RunPaths) -> list[dict]:
     return records
 
 
+def append_metrics(paths: RunPaths, record: dict) -> None:
+    _append_line(paths.metrics, record)
+
+
+def read_metrics(paths: RunPaths) -> list[dict]:
+    """All complete metric lines (a torn last line from a kill is skipped)."""
+    return _read_lines(paths.metrics)
+
+
+def append_validation(paths: RunPaths, record: dict) -> None:
+    _append_line(paths.validation, record)
+
+
+def read_validation(paths: RunPaths) -> list[dict]:
+    """All complete lines of validation.jsonl, oldest first (none for a run that has not sampled yet)."""
+    return _read_lines(paths.validation)
+
+
 def truncate_metrics(paths: RunPaths, last_step: int) -> None:
-    """Drop lines logged after `last_step`: a resumed run logs those steps again."""
-    kept = [r for r in read_metrics(paths) if r.get("step", 0) <= last_step]
-    atomic_write_text(paths.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+    """Drop metric and validation lines logged after `last_step`: a resumed run logs those steps again."""
+    for path in (paths.metrics, paths.validation):
+        kept = [r for r in _read_lines(path) if r.get("step", 0) <= last_step]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -44,6 +44,12 @@ class SearchConfig:
         partial_evaluation: judge level l by its own output against D_l(y) (PE).
         code_division: search level by level at all (CD); off means one whole code.
         chunk_size: candidates rendered per forward pass; bounds memory, not results.
+        rejection_threshold: RS-IMLE's rejection (Vashist et al., ECCV 2024): a candidate
+            closer than this to its target is not chosen, unless every candidate is; 0 turns
+            it off. IMLE's chosen sample is the one already nearest the photo, so training
+            polishes outputs the model can already make and leaves its typical samples, the
+            ones a user draws, where they are; choosing among samples at least this far
+            pulls those instead (docs/method.md#rs-imle).
     """
 
     samples_per_level: tuple[int, ...] = (16, 8, 4)
@@ -51,6 +57,7 @@ class SearchConfig:
     partial_evaluation: bool = True
     code_division: bool = True
     chunk_size: int = 32
+    rejection_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "samples_per_level", tuple(self.samples_per_level))
@@ -58,6 +65,8 @@ class SearchConfig:
             raise ValueError(f"samples_per_level must be positive integers, got {self.samples_per_level}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if not self.rejection_threshold >= 0:
+            raise ValueError(f"rejection_threshold must be >= 0, got {self.rejection_threshold}")
         if not self.code_division and (self.iterative_construction or self.partial_evaluation):
             raise ValueError("iterative construction and partial evaluation need code division: "
                              "turn them off too (that is cIMLE)")
@@ -68,9 +77,9 @@ class SearchConfig:
         return sum(self.samples_per_level)
 
     @classmethod
-    def cimle(cls, num_samples: int, chunk_size: int = 32) -> "SearchConfig":
+    def cimle(cls, num_samples: int, chunk_size: int = 32, rejection_threshold: float = 0.0) -> "SearchConfig":
         """cIMLE as the ablation with every switch off."""
-        return cls((num_samples,), False, False, False, chunk_size)
+        return cls((num_samples,), False, False, False, chunk_size, rejection_threshold)
 
 
 @dataclass
@@ -143,9 +152,15 @@ def chosen_distances(net: TowerImplicitModel, task: Task, distance: Distance, x:
     return torch.stack([distance(task.to_rgb(x, out), target) for out, target in zip(outputs, targets)], 1)
 
 
-def _select(distances: torch.Tensor, per_image: int) -> torch.Tensor:
-    """Index into the candidate list of each image's best candidate (first on ties)."""
-    best = distances.view(-1, per_image).argmin(1)
+def _select(distances: torch.Tensor, per_image: int, rejection_threshold: float = 0.0) -> torch.Tensor:
+    """Index into the candidate list of each image's best candidate (first on ties), among
+    those at least `rejection_threshold` away where there are any (`SearchConfig`)."""
+    distances = distances.view(-1, per_image)
+    if rejection_threshold > 0:
+        rejected = distances < rejection_threshold
+        allowed = distances.masked_fill(rejected, float("inf"))
+        distances = torch.where(rejected.all(1, keepdim=True), distances, allowed)
+    best = distances.argmin(1)
     return best + torch.arange(best.shape[0], device=best.device) * per_image
 
 
@@ -202,7 +217,7 @@ def chimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: to
             distances = evaluate_candidates(net, task, distance, x, candidates, owners, targets[upto - 1],
                                             upto, config.chunk_size, prefix, first if prefix is not None else 0,
                                             context)
-            best = _select(distances, per_image)
+            best = _select(distances, per_image, config.rejection_threshold)
             winners = candidates[best]
             for level in component:
                 chosen = chosen.replace_level(level, winners)

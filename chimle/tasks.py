@@ -223,6 +223,12 @@ class JPEGDecompression(Task):
     The model input is the decoded JPEG (RGB); the network predicts RGB directly.
     Compression uses Pillow's encoder with its default 4:2:0 chroma subsampling. It is not
     differentiable, which is fine: it is applied to data, never inside the loss.
+
+    Attributes:
+        quality: the JPEG quality (1 is the paper's setting).
+        max_quality: for a blind model, each image's quality is drawn uniformly from
+            `quality`..`max_quality` (from the degradation's generator), so one model
+            restores the qualities people actually have; None: always `quality`.
     """
 
     name: ClassVar[str] = "jpeg"
@@ -230,27 +236,49 @@ class JPEGDecompression(Task):
     out_channels: ClassVar[int] = 3
 
     quality: int = 1
+    max_quality: int | None = None
 
     def __post_init__(self) -> None:
-        if int(self.quality) != self.quality or not 1 <= self.quality <= 95:
-            raise ValueError(f"jpeg quality must be an integer in 1..95, got {self.quality!r}")
-        object.__setattr__(self, "quality", int(self.quality))
+        for what, value in (("quality", self.quality), ("max_quality", self.max_quality)):
+            if value is None and what == "max_quality":
+                continue
+            if int(value) != value or not 1 <= value <= 95:
+                raise ValueError(f"jpeg {what} must be an integer in 1..95, got {value!r}")
+            object.__setattr__(self, what, int(value))
+        if self.max_quality is not None and self.max_quality < self.quality:
+            raise ValueError(f"jpeg max_quality {self.max_quality} is below quality {self.quality}")
+
+    def to_dict(self) -> dict[str, Any]:
+        # A fixed-quality task describes itself as it did before blind models existed, so
+        # the fingerprints of its models and their saved codes stay the same.
+        described = super().to_dict()
+        if self.max_quality is None:
+            del described["max_quality"]
+        return described
+
+    def qualities(self, count: int, generator: torch.Generator | None = None) -> list[int]:
+        """The quality of each of `count` images: drawn for a blind model, else `quality`."""
+        if self.max_quality is None:
+            return [self.quality] * count
+        return torch.randint(self.quality, self.max_quality + 1, (count,), generator=generator).tolist()
 
     def degrade(self, clean: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """JPEG-encode and decode each image at `quality` (via 8-bit): (B, 3, H, W) -> same."""
+        """JPEG-encode and decode each image at its quality (via 8-bit): (B, 3, H, W) -> same."""
         _check_images(clean, 3, "clean RGB images")
         # (B, H, W, 3) uint8, as an encoder sees a real photo.
         pixels = (to_unit_range(clean.detach()) * 255).round().to(torch.uint8)
         pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
-        decoded = np.stack([self._jpeg_round_trip(image) for image in pixels])
+        qualities = self.qualities(len(pixels), generator)
+        decoded = np.stack([self._jpeg_round_trip(image, quality) for image, quality in zip(pixels, qualities)])
         decoded = torch.from_numpy(decoded).permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
         return from_unit_range(decoded.to(clean.dtype) / 255).to(clean.device)
 
-    def _jpeg_round_trip(self, image: np.ndarray) -> np.ndarray:
-        """Encode one (H, W, 3) uint8 image as JPEG in memory and decode it."""
+    @staticmethod
+    def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+        """Encode one (H, W, 3) uint8 image as JPEG at `quality` in memory and decode it."""
         buffer = io.BytesIO()
-        Image.fromarray(image, mode="RGB").save(buffer, format="JPEG", quality=self.quality)
+        Image.fromarray(image, mode="RGB").save(buffer, format="JPEG", quality=quality)
         buffer.seek(0)
         with Image.open(buffer) as decoded:
             return np.asarray(decoded.convert("RGB"))

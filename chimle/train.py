@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint, tensor_digest
+from .checkpoint import load_checkpoint, read_model_header, save_checkpoint, tensor_digest
 from .codes import LatentCodes
 from .config import PRESETS, ModelConfig, dataclass_from_dict, preset
 from .data import (Batch, CropSampler, ImageCorpus, PairedCorpus, describe_split, find_images,
@@ -39,8 +39,8 @@ from .images import save_png
 from .loss import LossResult, imle_loss
 from .model import TowerImplicitModel
 from .perceptual import load_perceptual_distance
-from .runs import (FINISHED, RUNNING, STOPPED, RunPaths, TrainingFailed, append_metrics, now, record_failure,
-                   truncate_metrics, write_status)
+from .runs import (FINISHED, RUNNING, STOPPED, RunPaths, TrainingFailed, append_metrics, append_validation, now,
+                   read_validation, record_failure, truncate_metrics, write_status)
 from .search import Distance, SearchConfig, chimle_search
 from .tasks import TASK_NAMES, Task, make_task
 
@@ -77,6 +77,7 @@ class TrainConfig:
         cimle_samples: cIMLE's samples per search; default sum(samples_per_level), the
             same number of candidate evaluations (equal cost).
         iterative_construction, partial_evaluation: CHIMLE ablation switches.
+        rejection_threshold: RS-IMLE's rejection in the search (`SearchConfig`); 0: off.
         zero_codes: fix every code to zero and skip the search: the unimodal baseline.
         steps: total gradient steps.
         time_budget_minutes: finish early once training has run this long (0: no limit);
@@ -102,6 +103,7 @@ class TrainConfig:
     cimle_samples: int | None = None
     iterative_construction: bool = True
     partial_evaluation: bool = True
+    rejection_threshold: float = 0.0
     zero_codes: bool = False
     steps: int = 3000
     time_budget_minutes: float = 0.0
@@ -152,6 +154,8 @@ class TrainConfig:
             raise ValueError(f"batch_size {self.batch_size} is larger than pool_size {self.pool_size}")
         if not (self.lr > 0 and self.mapping_lr_multiplier > 0):
             raise ValueError("lr and mapping_lr_multiplier must be positive")
+        if not self.rejection_threshold >= 0:
+            raise ValueError(f"rejection_threshold must be >= 0 (0: off), got {self.rejection_threshold!r}")
 
     def build_task(self) -> Task:
         """The task, its defaults fitted to the preset: super-resolution by 2^levels."""
@@ -170,9 +174,10 @@ class TrainConfig:
         """The code search of a model with `num_levels` levels."""
         per_level = self.samples_per_level or default_samples_per_level(num_levels)
         if self.method == "cimle":
-            return SearchConfig.cimle(self.cimle_samples or sum(per_level), self.search_chunk)
+            return SearchConfig.cimle(self.cimle_samples or sum(per_level), self.search_chunk,
+                                      self.rejection_threshold)
         return SearchConfig(per_level, self.iterative_construction, self.partial_evaluation,
-                            True, self.search_chunk)
+                            True, self.search_chunk, self.rejection_threshold)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -298,6 +303,40 @@ def _build_model(config: TrainConfig, task: Task, resumed: RunPaths | None = Non
     return source.net.train(), previous
 
 
+@dataclass(frozen=True)
+class InitOptions:
+    """The options of a run that starts from a model file (`TrainConfig.init_from`): the
+    file's task, and a preset and semantic prior that build its sizes."""
+
+    task: str
+    task_params: dict
+    preset: str
+    semantic_prior: str
+
+    def arguments(self) -> list[str]:
+        """These options as `python -m chimle train` flags."""
+        flags = ["--task", self.task, "--preset", self.preset, "--semantic-prior", self.semantic_prior]
+        return flags + (["--task-params", json.dumps(self.task_params)] if self.task_params else [])
+
+
+def init_options(path: str | os.PathLike) -> InitOptions:
+    """The options under which `init_from=path` passes `_build_model`'s checks (from the
+    file's header; the weights are checked when the run loads them).
+
+    Raises:
+        CheckpointError: the file is not a readable checkpoint.
+        ValueError: no preset and semantic prior build the file's sizes.
+    """
+    wanted, task = read_model_header(path)
+    params = {k: v for k, v in task.to_dict().items() if k != "name"}
+    for name in PRESETS:
+        for prior in SEMANTIC_PRIORS:
+            candidate = TrainConfig(task=task.name, task_params=params, preset=name, semantic_prior=prior)
+            if candidate.model_config(candidate.build_task()) == wanted:
+                return InitOptions(task.name, params, name, prior)
+    raise ValueError(f"{path}: no preset builds this model's sizes, so no run can start from it")
+
+
 def _leg_from_metadata(path: str, metadata: dict) -> dict:
     """A lineage entry for a model file written before lineages were recorded."""
     return {"run": metadata.get("run", str(path)), "steps": metadata.get("step"),
@@ -352,24 +391,53 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _sample_grid(net: TowerImplicitModel, task: Task, batch: Batch, seed: int, samples: int = 4) -> torch.Tensor:
-    """Rows of (input, `samples` samples, target) for the fixed validation batch."""
-    from torchvision.utils import make_grid
-
-    size = tuple(batch.y.shape[-2:])
-    shape = net.code_shape(size)
+def _validation_samples(net: TowerImplicitModel, task: Task, batch: Batch, seed: int,
+                        samples: int = 4) -> torch.Tensor:
+    """`samples` outputs for each crop of the fixed validation batch, from the same codes at
+    every step: (N, K, 3, H, W) RGB on the CPU."""
+    shape = net.code_shape(tuple(batch.y.shape[-2:]))
     device = next(net.parameters()).device
-    rows = []
+    outputs = []
     net.eval()
     with torch.inference_mode():
         for image in range(batch.y.shape[0]):
             x = batch.x[image:image + 1].expand(samples, -1, -1, -1).to(device)
-            # Drawn on the CPU generator, then moved: the same grid on every device.
+            # Drawn on the CPU generator, then moved: the same codes on every device.
             codes = LatentCodes.sample(shape, samples, torch.Generator().manual_seed(seed)).to(device)
-            outputs = task.to_rgb(x, net(x, codes)[-1]).float().cpu()
-            rows += [task.input_preview(batch.x[image:image + 1], size)[0], *outputs, batch.y[image]]
+            outputs.append(task.to_rgb(x, net(x, codes)[-1]).float().cpu())
     net.train()
-    return make_grid(torch.stack(rows).clamp(-1, 1), nrow=samples + 2, padding=2, pad_value=1.0)
+    return torch.stack(outputs)
+
+
+def _sample_grid(task: Task, batch: Batch, outputs: torch.Tensor) -> torch.Tensor:
+    """Rows of (input, samples, target) for the validation batch and its (N, K, 3, H, W) outputs."""
+    from torchvision.utils import make_grid
+
+    size = tuple(batch.y.shape[-2:])
+    rows = []
+    for image, samples in enumerate(outputs):
+        rows += [task.input_preview(batch.x[image:image + 1], size)[0], *samples, batch.y[image]]
+    return make_grid(torch.stack(rows).clamp(-1, 1), nrow=outputs.shape[1] + 2, padding=2, pad_value=1.0)
+
+
+def _validation_lpips(outputs: torch.Tensor, batch: Batch, distance: Distance, device: torch.device) -> float:
+    """Best-of-K LPIPS of the (N, K, 3, H, W) outputs to their true crops, averaged over the
+    crops: what `eval` reports as best LPIPS (docs/method.md#metrics), on the run's fixed
+    validation batch."""
+    with torch.inference_mode():
+        best = [distance(samples.clamp(-1, 1).to(device), batch.y[image:image + 1].to(device)).min().item()
+                for image, samples in enumerate(outputs)]
+    return sum(best) / len(best)
+
+
+def _validate(paths: RunPaths, net: TowerImplicitModel, task: Task, distance: Distance, batch: Batch,
+              seed: int, step: int, **extra) -> None:
+    """The sample grid of `step` (samples/) and its figure, a line of validation.jsonl."""
+    outputs = _validation_samples(net, task, batch, seed)
+    save_png(paths.sample_grid(step), _sample_grid(task, batch, outputs))
+    lpips = _validation_lpips(outputs, batch, distance, next(net.parameters()).device)
+    append_validation(paths, {"step": step, "best_lpips": lpips, "samples": outputs.shape[1],
+                              "crops": outputs.shape[0], **extra})
 
 
 @dataclass
@@ -409,6 +477,13 @@ class _RunState:
         tic = time.time()
         yield
         self.timing[phase] += time.time() - tic
+
+
+def _starts_from_a_model(config: TrainConfig, run: _RunState, paths: RunPaths) -> bool:
+    """Whether the run is at step 0 with init_from's weights, their figure not yet recorded
+    (a run resumed before its first checkpoint recorded it when it began)."""
+    return bool(config.init_from) and run.step == 0 and not any(
+        record.get("step") == 0 for record in read_validation(paths))
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -659,6 +734,9 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
         if env.is_main:  # rank 0 alone writes files
             _prepare_run_folder(paths, run.step, config.steps, None if resume else _config_record(
                 config, net, task, data.description, run.lineage, env, device))
+        if env.is_main and _starts_from_a_model(config, run, paths):
+            # The figure the run's own are compared with: the model it starts from, on the same crops and codes.
+            _validate(paths, net, task, distance, data.validation, config.seed, 0, start_model=config.init_from)
         stopped = budget_spent = False
         run.start_clock()
         while run.step < config.steps:
@@ -684,9 +762,10 @@ def train(config: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
             if env.is_main and _due(run.step, config.log_every, config.steps):
                 _log(paths, run, loss, config, env.world_size, bar)
 
-            # Snapshot: the sample grid; the resumable state (also before a stop), a numbered model.
+            # Snapshot: the sample grid and its validation figure; the resumable state (also before a
+            # stop), a numbered model.
             if env.is_main and _due(run.step, config.sample_every, config.steps):
-                save_png(paths.sample_grid(run.step), _sample_grid(net, task, data.validation, config.seed))
+                _validate(paths, net, task, distance, data.validation, config.seed, run.step)
             if env.is_main and (_due(run.step, config.checkpoint_every, config.steps) or stop.requested):
                 _save_training_state(paths, net, task, optimizer, run, metadata(run))
                 if run.step % config.snapshot_every == 0:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -58,6 +60,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_app(settings) -> Iterator[str]:
+    """The studio for `settings` (a `StudioSettings`) served on a free port: its URL, closed after."""
+    import app
+
+    demo = app.build_demo(settings)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **app.launch_options(settings))
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
 
 
 def pixels(path: str | Path) -> np.ndarray:

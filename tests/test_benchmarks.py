@@ -184,3 +184,19 @@ def test_time_renders_and_variants_on_the_tiny_preset():
     assert rows["torch.compile (on inference_copy)"]["skipped"]
     assert "full" in rows["bfloat16 autocast (on inference_copy)"]
 
+
+
+def test_level_roles_rank_the_last_level_perfectly_and_measure_shares(lpips_alex):
+    from benchmarks.level_roles import level_roles, mean_pairwise
+    from benchmarks.sample_efficiency import UpsampledDistance
+
+    net, task = _live_tiny_model()
+    x, y = _pair(task)
+    distance = UpsampledDistance(lpips_alex, 32)
+    roles = level_roles(net, task, distance, x, y, codes=12, redraws=4, generator=torch.Generator().manual_seed(0))
+    assert len(roles["decides"]) == len(roles["ranks"]) == net.num_levels
+    assert roles["ranks"][-1] == pytest.approx(1.0)  # the final distance ranks itself exactly
+    assert all(-1 <= rank <= 1 for rank in roles["ranks"])
+    assert roles["diversity_all_levels"] > 0 and all(share > 0 for share in roles["decides"])
+    image = y.expand(3, -1, -1, -1)
+    assert mean_pairwise(distance, image) == pytest.approx(0.0, abs=1e-6)

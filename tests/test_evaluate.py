@@ -141,3 +141,13 @@ def test_eval_command_compares_two_checkpoints_without_inception(tmp_path, held_
     assert markdown_table(reports) in document and INCEPTION_INSTALL_HINT in document
     assert markdown_table(reports) in capsys.readouterr().out
     assert not list(tmp_path.rglob(".*.tmp"))  # atomic writes left nothing behind
+
+
+def test_a_model_is_evaluated_under_another_degradation_of_its_task(tmp_path, held_out):
+    path = _checkpoint(tmp_path, seed=0)  # trained for quality 5
+    own = evaluate_checkpoint(path, held_out, **SMALL, feature_extractor=mean_colour)
+    at_90 = evaluate_checkpoint(path, held_out, **SMALL, feature_extractor=mean_colour, task_params={"quality": 90})
+    assert at_90["task"] == {"name": "jpeg", "quality": 90} and at_90["model_task"] == own["task"]
+    # A quality-90 JPEG is much nearer its photo than a quality-5 one.
+    assert at_90["summary"]["baseline_lpips"] < 0.5 * own["summary"]["baseline_lpips"]
+    assert any("quality\": 90" in note for note in at_90["notes"])

@@ -12,8 +12,11 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_library_example_runs(capsys):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert blocks, "the README has no Python example"
+    text = README.read_text()
+    assert "\n## Library\n" in text, "the README has no Library section"
+    library = text.split("\n## Library\n", 1)[1]
+    blocks = re.findall(r"```python\n(.*?)```", library, re.S)
+    assert blocks, "the README's Library section has no Python example"
     namespace: dict = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
     result = namespace["result"]

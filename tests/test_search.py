@@ -84,3 +84,27 @@ def test_bad_search_configs_are_rejected():
     net, task, x, y, _ = _planted_problem()
     with pytest.raises(ValueError, match="samples_per_level has 3 entries; the model has 2 levels"):
         chimle_search(net, task, lambda a, b: a.mean((1, 2, 3)), x, y, SearchConfig((2, 2, 2)))
+
+
+def test_rejection_picks_the_nearest_candidate_at_least_the_threshold_away():
+    from chimle.search import _select
+
+    distances = torch.tensor([0.30, 0.05, 0.12, 0.20,    # image 0: 0.05 is rejected, 0.12 chosen
+                              0.01, 0.02, 0.03, 0.04])   # image 1: all rejected, so the nearest
+    assert _select(distances, 4).tolist() == [1, 4]
+    assert _select(distances, 4, rejection_threshold=0.1).tolist() == [2, 4]
+    assert _select(distances, 4, rejection_threshold=0.25).tolist() == [0, 4]
+    with pytest.raises(ValueError, match="rejection_threshold"):
+        SearchConfig((4, 4), rejection_threshold=-0.1)
+
+
+def test_a_search_with_rejection_never_chooses_a_rejected_candidate_where_another_is_left(lpips_alex):
+    net, task, x, y, _ = _planted_problem()
+    plain = chimle_search(net, task, lpips_alex, x, y, SearchConfig((16, 16)), torch.Generator().manual_seed(0))
+    threshold = float(plain.distances[:, -1].max()) + 1e-3  # every plain winner would be rejected
+    rejecting = chimle_search(net, task, lpips_alex, x, y, SearchConfig((16, 16), rejection_threshold=threshold),
+                              torch.Generator().manual_seed(0))
+    # Same candidates (same generator): the winners differ, and each chosen level is either
+    # at least the threshold away or was the nearest of an all-rejected level.
+    assert not rejecting.codes.equal(plain.codes)
+    assert torch.all((rejecting.distances >= threshold) | (rejecting.distances <= plain.distances + 1e-6))

@@ -22,6 +22,7 @@ import app
 from chimle.checkpoint import load_codes
 from chimle.cli import main as cli
 from chimle.editing import region_weights
+from chimle.runs import RunPaths, read_validation
 from chimle.studio.handlers import StudioSettings
 from chimle.studio.models import default_model, find_models, read_defaults, read_task_name
 from chimle.studio.security import TrainingPolicy
@@ -301,10 +302,11 @@ def test_unknown_model_paths_are_refused(studio_app):
         client.predict("/etc/passwd", None, None, 256, 4, 0, False, api_name="/set_input")
 
 
-def test_train_a_tiny_run_to_the_end_and_open_it(studio_app):
+def test_train_a_tiny_run_to_the_end_open_it_and_fine_tune_it(studio_app):
     client = _client(studio_app)
-    folders = client.predict(api_name="/training_form")
-    assert folders["choices"] == [["photos", "photos"]] and folders["value"] == "photos"
+    start_from, _, folders, data_help = client.predict("colourization", api_name="/training_form")
+    assert folders["choices"] == [["photos", "photos"]] and folders["value"] == "photos" and data_help == ""
+    assert start_from["value"] == "scratch"  # no model here that a preset builds: a new model
     started = client.predict("colourization", "tiny", 4, "tiny-run", "photos", None, TINY_RUN_FLAGS,
                              api_name="/start_training")
     assert started[0] == "Started run **tiny-run** on the folder photos."
@@ -319,6 +321,26 @@ def test_train_a_tiny_run_to_the_end_and_open_it(studio_app):
     opened = client.predict(model_path, handle_file(studio_app["image"]), None, 256, 2, 0, False,
                             api_name="/set_input")
     assert "colourization, 2 levels" in opened[0] and "trained 4 steps" in opened[0]
+
+    # Fine-tune it: Start from now offers tiny-run's model, with its preset fixed.
+    start_from, preset, _, _ = client.predict("colourization", api_name="/training_form")
+    assert start_from["choices"] == [["tiny-run (preset tiny, trained here)", model_path],
+                                     ["a new model (from scratch)", "scratch"]]
+    assert start_from["value"] == model_path and (preset["value"], preset["interactive"]) == ("tiny", False)
+    started = client.predict("colourization", "tiny", 4, "tiny-fine", "photos", None, TINY_RUN_FLAGS, model_path,
+                             api_name="/start_training")
+    assert started[0] == "Started run **tiny-fine** from tiny-run on the folder photos."
+    outputs = _wait_for_run(client, "tiny-fine", lambda status: "finished" in status or "fail" in status)
+    assert outputs[2].startswith("**tiny-fine**: finished, step 4 of 4") and f"--init-from {model_path}" in outputs[5]
+    runs = studio_app["runs"]
+    before, after = read_validation(RunPaths(runs / "tiny-run")), read_validation(RunPaths(runs / "tiny-fine"))
+    assert (after[0]["step"], after[0]["start_model"], after[-1]["step"]) == (0, model_path, 4)
+    # Its starting figure is tiny-run's last: the same weights, crops and codes.
+    assert after[0]["best_lpips"] == pytest.approx(before[-1]["best_lpips"], abs=1e-6)
+    assert (f"Validation LPIPS {after[-1]['best_lpips']:.3f} at step 4 (started from tiny-run: "
+            f"{after[0]['best_lpips']:.3f})") in outputs[2]
+    lineage = json.loads((runs / "tiny-fine" / "config.json").read_text())["lineage_before"]
+    assert [leg["steps"] for leg in lineage] == [4]
 
 
 def test_stop_a_running_run(studio_app):
@@ -384,7 +406,7 @@ def test_handlers_update_the_widgets_of_their_level_by_name(tmp_path, single_thr
     assert [started[level.tab]["visible"] for level in page.levels] == [True, True, True, False]
     assert started[page.levels[1].lock] is False
     # An edit updates the result area only; Randomise also resets its own level's sliders.
-    edited = studio.edit_level(2, session, True, 0, 0, 0, 0, 0, 0.0, 4, 0.5, 1.0)
+    [edited] = studio.edit_level(2, session, True, 0, 0, 0, 0, 0, 0.0, 4, 0.5, 1.0)  # one update: no preview
     assert set(edited) == set(page.editor) and edited[page.status].startswith("Rendered level 3 ")
     randomised = studio.randomise_level(2, session)
     assert set(randomised) == set(page.editor) | set(page.levels[2].outputs)
@@ -424,7 +446,8 @@ def test_training_is_refused_when_the_policy_says_so(tmp_path):
     _, studio = app.build_studio(settings)
     with pytest.raises(gr.Error, match="disabled on Spaces"):
         studio.start_training("colourization", "tiny", 4, "x", "photos", None, "")
-    assert studio.training_form()["choices"] == []  # no server folders listed
+    form = studio.training_form()
+    assert form[studio.train.data_folder]["choices"] == [] and form[studio.train.data_help] == ""  # none listed
     refreshed = studio.refresh_runs(None)
     assert refreshed[studio.train.run_status] == "disabled on Spaces" and refreshed[studio.train.runs_table].empty
     assert not (tmp_path / "runs").exists()
@@ -574,3 +597,37 @@ def test_no_file_outside_the_apps_folders_is_served(studio_app):
     for path in secrets:
         response = httpx.get(f"{base}/gradio_api/file={path}")
         assert response.status_code in (403, 404), f"{path} was served ({response.status_code})"
+
+
+def test_a_slow_edit_shows_its_coarse_level_first_then_the_result(tmp_path, single_thread):
+    studio, model_path, image_path = studio_without_server(tmp_path)
+    page = studio.explore
+    session = studio.start(None, str(model_path), str(image_path), None, 64, 2, 5, False)[page.state]
+    session.full_render_seconds = 1.0  # as if the last full render had been slow
+    coarse, final = studio.edit_level(0, session, True, 2.5, 0, 0, 0, 0, 0.0, 0, 0.0, 1.0)
+    assert set(coarse) == {page.result, page.status} and "refining" in coarse[page.status]
+    assert set(final) == set(page.editor) and final[page.status].startswith("Rendered levels 1–3")
+    preview, result = pixels(coarse[page.result]), pixels(final[page.result])
+    assert preview.shape == result.shape == (64, 64, 3)
+    # The preview is the edited level's colours on the photo's own lightness, not the result.
+    assert not np.array_equal(preview, result)
+    grey = lambda image: image.astype(float) @ [0.299, 0.587, 0.114]  # noqa: E731
+    assert np.abs(grey(preview) - grey(result)).mean() < 8
+    # The result is the one an edit without a preview gives, and each image is one file for every widget.
+    assert final[page.compare_input][1] == final[page.result] == final[page.level_strip][-1][0]
+    session.full_render_seconds = 0.0
+    [again] = studio.edit_level(0, session, True, 0, 0, 0, 0, 0, 0.0, 0, 0.0, 1.0)
+    [redone] = studio.edit_level(0, session, True, 2.5, 0, 0, 0, 0, 0.0, 0, 0.0, 1.0)
+    assert np.array_equal(pixels(redone[page.result]), result)
+
+
+def test_pick_sample_makes_that_sample_current_and_refuses_other_numbers(tmp_path, single_thread):
+    studio, model_path, image_path = studio_without_server(tmp_path)
+    page = studio.explore
+    session = studio.start(None, str(model_path), str(image_path), None, 64, 3, 5, False)[page.state]
+    picked = studio.pick_sample(session, 2)
+    assert session.current.equal(session.samples[2]) and picked[page.status] == "Sample #3 is the current result."
+    for wrong in (3, -1, 1.5, None):
+        with pytest.raises(gr.Error):
+            studio.pick_sample(session, wrong)
+    assert session.current.equal(session.samples[2])  # a refused number changes nothing

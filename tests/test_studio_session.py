@@ -280,3 +280,33 @@ def test_render_caches_stay_within_budget_and_a_dropped_cache_changes_no_pixel(m
     reference = opened(1)
     reference.edit_level(model, 2, edit)
     assert all(torch.equal(a, b) for a, b in zip(first.level_images, reference.level_images))
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_a_coarse_preview_first_gives_the_same_result_bit_for_bit(models, level):
+    edit = LevelEdit(directions=(2.5, 0, 0, 0), local_seed=7, local_blend=0.8)
+    one_call, two_calls = (_fresh_session(models) for _ in range(2))
+    one_call.edit_level(models["colour"], level, edit)
+    shown = []
+    report = two_calls.edit_level(models["colour"], level, edit, on_coarse=shown.append)
+    assert report.start_level == level
+    assert all(torch.equal(a, b) for a, b in zip(one_call.level_images, two_calls.level_images))
+    # One preview, at the result's size, unless the finest level alone changed.
+    assert [tuple(image.shape) for image in shown] == ([] if level == 2 else [(1, 3, 64, 64)])
+    if shown:
+        assert not torch.equal(shown[0], two_calls.level_images[-1])
+
+
+def _fresh_session(models):
+    session = StudioSession()
+    session.set_input(models["colour"], photo("astronaut", (64, 64)), 64)
+    session.draw_samples(models["colour"], 4, seed=3)
+    return session
+
+
+def test_only_a_slow_full_render_streams_and_only_for_levels_with_finer_ones(session, models):
+    assert session.full_render_seconds > 0  # measured when the first sample became the current code
+    session.full_render_seconds = session_module.COARSE_FIRST_ABOVE_SECONDS / 2
+    assert not any(session.streams_coarse_first(level) for level in range(3))
+    session.full_render_seconds = session_module.COARSE_FIRST_ABOVE_SECONDS * 2
+    assert [session.streams_coarse_first(level) for level in range(3)] == [True, True, False]

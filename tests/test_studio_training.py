@@ -1,22 +1,40 @@
-"""The studio's run management (without real training) and its model registry."""
+"""The studio's run management (without real training), its model registry, and the Train
+tab's handlers: the model a run starts from, its command line, the validation figure against
+that model, and what the tab says while there is no data."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import gradio as gr
 import pytest
 
-from chimle.checkpoint import CheckpointError, save_codes
+import app
+from chimle.checkpoint import CheckpointError, load_checkpoint, save_codes
+from chimle.cli import build_parser
 from chimle.codes import CodeShape, LatentCodes
-from chimle.runs import RunPaths, write_status
+from chimle.data import ImageCorpus, validation_batch
+from chimle.perceptual import load_perceptual_distance
+from chimle.runs import RunPaths, read_validation, write_status
 from chimle.studio import training
-from chimle.studio.models import ModelCache, find_models, read_task_name
+from chimle.studio.handlers import Studio, StudioSettings
+from chimle.studio.models import ModelCache, find_models, read_defaults, read_task_name
+from chimle.studio.security import TrainingPolicy
+from chimle.tasks import TASK_NAMES
+from chimle.train import TrainConfig, _build_model, _validate
 
-from .studio_helpers import tiny_checkpoint
+from .studio_helpers import tiny_checkpoint, write_photos
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "checkpoints"
+SCRATCH = ("a new model (from scratch)", training.FROM_SCRATCH)
 
 # A stand-in trainer: its command line names "chimle train", it ignores SIGTERM (so Stop
 # must escalate) and it has a child in its process group (which Stop must reach too).
@@ -195,3 +213,159 @@ def test_model_cache_shares_and_reloads_changed_files(tmp_path):
     assert first.directions(0).vectors.shape == (4, 8)
     with pytest.raises(CheckpointError, match="no such file"):
         cache.get(tmp_path / "missing.safetensors")
+
+
+# -- the Train tab: where a run starts from, and what it says ------------------------------
+
+
+def _studio(tmp_path: Path, checkpoints: Path = SHIPPED) -> Studio:
+    """The page's handlers, training allowed, over `checkpoints` and an empty data root."""
+    settings = StudioSettings(checkpoints=checkpoints, runs=tmp_path / "runs", data_root=tmp_path / "data",
+                              assets=tmp_path, policy=TrainingPolicy(True, "enabled for tests"))
+    return app.build_studio(settings)[1]
+
+
+def test_each_task_starts_from_its_default_shipped_model_or_from_scratch(tmp_path):
+    defaults = read_defaults(SHIPPED)
+    assert defaults, "checkpoints/default.json names no default models"
+    for task in TASK_NAMES:
+        models = training.starting_models(SHIPPED, tmp_path / "runs", task)
+        assert all(model.options.task == model.entry.task == task for model in models)
+        assert [model.entry.name for model in models[:1]] == ([defaults[task]] if task in defaults else [])
+        assert training.start_choices(models) == [(m.label, str(m.entry.path)) for m in models] + [SCRATCH]
+    colour = training.starting_models(SHIPPED, tmp_path / "runs", "colourization")[0]
+    assert (colour.label, colour.options.preset, colour.options.semantic_prior) == (
+        "colourization-cpu (preset cpu)", "cpu", "preset")
+
+
+def test_starting_models_are_shipped_ones_then_finished_runs_that_a_preset_builds(tmp_path):
+    checkpoints, runs = tmp_path / "checkpoints", tmp_path / "runs"
+    checkpoints.mkdir()
+    (runs / "mine").mkdir(parents=True)
+    tiny_checkpoint(checkpoints, "colourization", levels=3)  # no preset has three tiny levels
+    tiny_checkpoint(checkpoints, "colourization", levels=2, name="another")
+    tiny_checkpoint(checkpoints, "colourization", levels=2, name="small")
+    tiny_checkpoint(checkpoints, "jpeg", levels=2)
+    tiny_checkpoint(runs / "mine", "colourization", levels=2, name="model")
+    (checkpoints / "default.json").write_text(json.dumps({"defaults": {"colourization": "small"}}))
+    models = training.starting_models(checkpoints, runs, "colourization")
+    assert [(m.entry.name, m.entry.source, m.options.preset) for m in models] == [
+        ("small", "checkpoint", "tiny"), ("another", "checkpoint", "tiny"), ("mine", "run", "tiny")]
+    assert models[2].label == "mine (preset tiny, trained here)"
+
+
+def test_a_run_from_each_default_shipped_model_gets_a_command_line_the_trainer_accepts(tmp_path):
+    paths = RunPaths(tmp_path / "run")
+    for task, name in read_defaults(SHIPPED).items():
+        start = training.starting_models(SHIPPED, tmp_path / "runs", task)[0]
+        arguments = training.train_arguments(paths, task, start.options.preset, 10, tmp_path,
+                                             ["--crop-size", "64"], start)
+        assert arguments[arguments.index("--init-from") + 1] == str(SHIPPED / f"{name}.safetensors")
+        assert arguments[-2:] == ["--crop-size", "64"]
+        # As `python -m chimle train` reads it, then the trainer's own checks of init_from.
+        parsed = build_parser().parse_args(["train", *arguments])
+        config = TrainConfig(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(TrainConfig)
+                                if getattr(parsed, f.name) is not None})
+        assert (config.init_from, config.task, config.steps) == (str(SHIPPED / f"{name}.safetensors"), task, 10)
+        _build_model(config, config.build_task())
+    assert training.train_arguments(paths, "jpeg", "tiny", 4, tmp_path) == [
+        "--out", str(paths.root), "--data", str(tmp_path.resolve()), "--steps", "4", "--task", "jpeg",
+        "--preset", "tiny"]
+
+
+def test_a_run_from_a_model_keeps_its_task_preset_and_prior(tmp_path):
+    paths = RunPaths(tmp_path / "run")
+    start = training.starting_models(SHIPPED, tmp_path / "runs", "colourization")[0]
+    with pytest.raises(training.TrainingError, match="preset cpu"):
+        training.train_arguments(paths, "colourization", "tiny", 10, tmp_path, [], start)
+    with pytest.raises(training.TrainingError, match="a colourization model"):
+        training.train_arguments(paths, "jpeg", "cpu", 10, tmp_path, [], start)
+    with pytest.raises(training.TrainingError, match="--semantic-prior is set by the model the run starts from"):
+        training.train_arguments(paths, "colourization", "cpu", 10, tmp_path, ["--semantic-prior=none"], start)
+    assert training.train_arguments(paths, "jpeg", "tiny", 4, tmp_path, ["--task-params", '{"quality": 5}'])[-2:] == [
+        "--task-params", '{"quality": 5}']  # a new model takes them
+    with pytest.raises(training.TrainingError, match="--init-from is set by the form"):
+        training.parse_extra_flags("--init-from checkpoints/jpeg-q1-cpu.safetensors")
+
+
+def test_the_train_tab_offers_the_tasks_default_model_and_fixes_its_preset(tmp_path):
+    studio = _studio(tmp_path)
+    page = studio.train
+    form = studio.training_form("colourization")
+    assert form[page.start_from]["value"] == str(SHIPPED / "colourization-cpu.safetensors")
+    assert form[page.start_from]["choices"][-1] == SCRATCH
+    assert (form[page.preset]["value"], form[page.preset]["interactive"]) == ("cpu", False)
+    jpeg = studio.choose_task("jpeg")
+    assert jpeg[page.start_from]["value"] == str(SHIPPED / "jpeg-q1-cpu.safetensors")
+    assert (jpeg[page.preset]["value"], jpeg[page.preset]["interactive"]) == ("cpu", False)
+    paired = studio.choose_task("night_to_day")  # no shipped model: a new one
+    assert paired[page.start_from]["choices"] == [SCRATCH]
+    assert paired[page.start_from]["value"] == training.FROM_SCRATCH
+    assert paired[page.preset]["interactive"] is True and "value" not in paired[page.preset]
+    assert studio.choose_start("colourization", training.FROM_SCRATCH)[page.preset]["interactive"] is True
+    for model in (str(SHIPPED / "colourization-cpu.safetensors"), "/etc/passwd"):
+        with pytest.raises(gr.Error, match="cannot start from that model"):
+            studio.choose_start("jpeg", model)
+        with pytest.raises(gr.Error, match="cannot start from that model"):
+            studio.start_training("jpeg", "cpu", 10, "refused", "photos", None, "", model)
+    assert not (tmp_path / "runs" / "refused").exists()
+
+
+def test_an_empty_data_root_says_how_to_get_photos(tmp_path):
+    studio = _studio(tmp_path)
+    page = studio.train
+    form = studio.training_form()
+    assert form[page.data_folder]["choices"] == [] and form[page.data_folder]["value"] is None
+    command = training.demo_corpus_command(tmp_path / "data")
+    assert command == (f"cd {shlex.quote(str(REPO))} && python -m chimle data demo --out "
+                       f"{shlex.quote(str(tmp_path / 'data' / 'demo'))}")
+    assert form[page.data_help] == training.no_data_message(tmp_path / "data")
+    assert "No data folders yet" in form[page.data_help] and "Upload a zip of your photos" in form[page.data_help]
+    assert f"`{command}`" in form[page.data_help]
+    # The default data root gets the README's command, which the command line takes.
+    readme_command = "python -m chimle data demo --out data/demo"
+    assert training.demo_corpus_command(REPO / "data") == f"cd {shlex.quote(str(REPO))} && {readme_command}"
+    assert readme_command in (REPO / "README.md").read_text()
+    parsed = build_parser().parse_args(shlex.split(readme_command)[3:])
+    assert (parsed.command, parsed.corpus, parsed.out) == ("data", "demo", "data/demo")
+    (tmp_path / "data" / "demo" / "train").mkdir(parents=True)
+    form = studio.training_form()
+    assert form[page.data_folder]["choices"] == ["demo", "demo/train"] and form[page.data_help] == ""
+
+
+def test_the_run_status_shows_the_validation_figure_beside_the_starting_models(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    start_path = tiny_checkpoint(tmp_path / "checkpoints", "colourization", levels=2)
+    start = load_checkpoint(start_path)
+    corpus = ImageCorpus.from_folder(write_photos(tmp_path / "photos")[0].parent)
+    batch = validation_batch(corpus, 64, start.task, 4, seed=0)
+    distance = load_perceptual_distance("alex")
+    how = "best of 4 samples on each of 3 fixed validation crops, lower is better"
+
+    # The trainer's validation routine: at step 0 on the starting weights, then (weights unchanged) at step 4.
+    fine = RunPaths(tmp_path / "runs" / "fine")
+    fine.samples.mkdir(parents=True)
+    assert training.validation_text(fine) == ""
+    _validate(fine, start.net, start.task, distance, batch, 0, 0, start_model=str(start_path))
+    [first] = read_validation(fine)
+    assert (fine.samples / "step-0000000.png").is_file()
+    assert training.validation_text(fine) == (
+        f"Validation LPIPS of tiny-colourization, the model this run started from: {first['best_lpips']:.3f} "
+        f"({how}; the run's own comes with its first sample grid).")
+    _validate(fine, start.net, start.task, distance, batch, 0, 4)
+    figures = read_validation(fine)
+    assert [r["step"] for r in figures] == [0, 4]
+    assert figures[1]["best_lpips"] == first["best_lpips"]  # the same weights, crops and codes
+    text = training.validation_text(fine)
+    assert text == (f"Validation LPIPS {first['best_lpips']:.3f} at step 4 (started from tiny-colourization: "
+                    f"{first['best_lpips']:.3f}); {how}.")
+
+    # A new model's run has no starting figure; the status panel shows whichever the run has.
+    scratch = RunPaths(tmp_path / "runs" / "scratch")
+    scratch.samples.mkdir(parents=True)
+    _validate(scratch, start.net, start.task, distance, batch, 0, 4)
+    assert training.validation_text(scratch) == f"Validation LPIPS {first['best_lpips']:.3f} at step 4; {how}."
+    write_status(fine, "running", 4, 10, "training")
+    studio = _studio(tmp_path, tmp_path / "checkpoints")
+    status = studio.refresh_runs("fine")[studio.train.run_status]
+    assert status.startswith("**fine**: running, step 4 of 10") and status.endswith(f"\n\n{text}")

@@ -206,6 +206,29 @@ def test_jpeg_rejects_bad_quality(quality):
         JPEGDecompression(quality=quality)
 
 
+def test_blind_jpeg_draws_each_images_quality_from_the_range_reproducibly():
+    clean = torch.cat([photo("chelsea", 64)] * 12)
+    blind = JPEGDecompression(quality=5, max_quality=40)
+    qualities = blind.qualities(12, torch.Generator().manual_seed(3))
+    assert all(5 <= q <= 40 for q in qualities) and len(set(qualities)) > 3
+    decoded = blind.degrade(clean, torch.Generator().manual_seed(3))
+    for image, quality in enumerate(qualities):  # each image is exactly the JPEG at its own quality
+        assert torch.equal(decoded[image:image + 1], JPEGDecompression(quality=quality).degrade(clean[:1]))
+    assert torch.equal(decoded, blind.degrade(clean, torch.Generator().manual_seed(3)))
+    assert JPEGDecompression(quality=7).qualities(3, torch.Generator()) == [7, 7, 7]
+
+
+def test_a_fixed_quality_jpeg_task_describes_itself_as_before_blind_ones():
+    # Models and saved codes are fingerprinted by this description.
+    assert JPEGDecompression(quality=1).to_dict() == {"name": "jpeg", "quality": 1}
+    assert JPEGDecompression(quality=5, max_quality=40).to_dict() == {"name": "jpeg", "quality": 5,
+                                                                       "max_quality": 40}
+    with pytest.raises(ValueError, match="below quality"):
+        JPEGDecompression(quality=20, max_quality=10)
+    with pytest.raises(ValueError, match="max_quality"):
+        JPEGDecompression(quality=5, max_quality=96)
+
+
 # ---------------------------------------------------------------- super-resolution
 
 def test_super_resolution_is_antialiased_bicubic():

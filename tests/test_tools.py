@@ -36,6 +36,16 @@ def test_a_cards_command_trains_the_shipped_step_count_not_a_time_budget():
     assert "--steps 265" in command and "--time-budget-minutes" not in command
     assert "--task jpeg" in command and """--task-params '{"quality": 1}'""" in command
     assert "--lr 0.001" in command and command.endswith("--out runs/NAME")
+    assert "--semantic-prior" not in command  # today's default: the preset's prior
+
+
+def test_a_run_from_before_the_semantic_prior_reproduces_without_one():
+    from chimle.train import TrainConfig
+    from tools.model_card import reproduce_command
+
+    train = TrainConfig(data="data/demo/train", task="jpeg").to_dict()
+    del train["semantic_prior"]  # config.json of a run that predates the option
+    assert "--semantic-prior none" in reproduce_command(train, steps=10)
 
 
 def test_half_precision_measures_the_rounding_and_converts_to_a_file_that_renders_the_same(tmp_path):

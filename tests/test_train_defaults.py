@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from chimle.checkpoint import load_checkpoint
+from chimle.checkpoint import load_checkpoint, save_checkpoint
 from chimle.config import PRESETS, preset
 from chimle.model import TowerImplicitModel
-from chimle.tasks import TASK_NAMES
-from chimle.train import TrainConfig, _build_model, default_samples_per_level, train
+from chimle.runs import RunPaths, read_validation
+from chimle.tasks import TASK_NAMES, make_task
+from chimle.train import InitOptions, TrainConfig, _build_model, default_samples_per_level, init_options, train
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -98,11 +99,42 @@ def test_init_from_starts_from_the_models_weights_and_records_the_lineage(photo_
     assert json.loads((second / "config.json").read_text())["lineage_before"] == lineage
     assert not torch.equal(final.net.state_dict()["levels.0.head.bias"], source.net.state_dict()["levels.0.head.bias"])
 
+    # Validation: the starting model's figure once, before the first step, then the run's own.
+    first_figures, second_figures = read_validation(RunPaths(first)), read_validation(RunPaths(second))
+    assert [r["step"] for r in first_figures] == [2]  # sample_every 100: the last step's grid only
+    assert [r["step"] for r in second_figures] == [0, 3]
+    assert second_figures[0]["start_model"] == str(first / "model.safetensors")
+    assert "start_model" not in second_figures[1] and (second / "samples" / "step-0000000.png").is_file()
+    assert all(0 < r["best_lpips"] < 2 and (r["samples"], r["crops"]) == (4, 4) for r in second_figures)
+    # The same routine: with the first run's seed (its crops and codes), the starting figure is the
+    # figure the first run gave its final weights.
+    again = tmp_path / "again"
+    train(quick_config(photo_folders["plain"], init_from=str(first / "model.safetensors"), steps=1), again,
+          progress=False)
+    assert read_validation(RunPaths(again))[0]["best_lpips"] == pytest.approx(first_figures[-1]["best_lpips"],
+                                                                              abs=1e-6)
+
+
+def test_init_options_name_the_preset_and_semantic_prior_that_build_a_model(photo_folders, tmp_path):
+    task = make_task("jpeg", quality=3)
+    path = tmp_path / "jpeg.safetensors"
+    save_checkpoint(path, TowerImplicitModel(preset("tiny", task.in_channels, task.out_channels,
+                                                    semantic_encoder="alexnet")), task)
+    options = init_options(path)
+    assert options == InitOptions("jpeg", {"quality": 3}, "tiny", "alexnet")
+    assert options.arguments() == ["--task", "jpeg", "--preset", "tiny", "--semantic-prior", "alexnet",
+                                   "--task-params", '{"quality": 3}']
+    config = quick_config(photo_folders["plain"], init_from=str(path), task=options.task,
+                          task_params=options.task_params, preset=options.preset,
+                          semantic_prior=options.semantic_prior)
+    _build_model(config, config.build_task())  # passes the trainer's checks
+    three_levels = preset("tiny", 1, 2, channels=(8, 8, 8), growth=(8, 8, 8), rrdbs=(1, 1, 1))
+    save_checkpoint(tmp_path / "odd.safetensors", TowerImplicitModel(three_levels), make_task("colourization"))
+    with pytest.raises(ValueError, match="no preset builds"):
+        init_options(tmp_path / "odd.safetensors")
+
 
 def test_init_from_refuses_a_model_of_other_sizes_or_another_task(photo_folders, tmp_path):
-    from chimle.checkpoint import save_checkpoint
-    from chimle.tasks import make_task
-
     task = make_task("colourization")
     path = tmp_path / "cpu.safetensors"
     save_checkpoint(path, TowerImplicitModel(preset("tiny", 1, 2, semantic_encoder="alexnet")), task)

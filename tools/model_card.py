@@ -43,6 +43,8 @@ def reproduce_command(train: dict, steps: int) -> str:
     """
     defaults = TrainConfig().to_dict()
     train = {**train, "steps": steps, "time_budget_minutes": defaults["time_budget_minutes"]}
+    # Runs from before the semantic prior existed trained without one; today's presets add it.
+    train.setdefault("semantic_prior", "none")
     parts = ["python -m chimle train", f"--task {train['task']}"]
     if train["task_params"]:
         parts.append(f"--task-params '{json.dumps(train['task_params'])}'")

@@ -27,7 +27,7 @@ from ..checkpoint import CheckpointError, tensor_digest
 from ..config import PRESETS
 from ..data import DataError
 from ..editing import EditError, LevelEdit, region_reach
-from ..images import IMAGE_EXTENSIONS, ImageError, load_rgb
+from ..images import IMAGE_EXTENSIONS, ImageError, load_rgb, tensor_to_pil
 from ..ivo import COLOUR_SPACES, IvOConfig
 from ..perceptual import BackboneWeightsError, load_perceptual_distance
 from ..runs import FINISHED, RunPaths
@@ -39,6 +39,7 @@ from .models import MODELS, LoadedModel, default_model, find_models, read_task_n
 from .security import (TrainingPolicy, UnsafePathError, ZipLimits, confine_data_folder, data_folders,
                        extract_images_zip)
 from .paint import canvas, strokes_from_editor
+from .previews import PreviewFiles, shown_while
 from .session import RenderReport, StudioError, StudioSession, fresh_seed
 from .widgets import ExploreWidgets, TrainWidgets
 
@@ -84,16 +85,26 @@ class Downloads:
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="chimle-studio-"))
+        self._previews: dict[int, PreviewFiles] = {}
+        # Served as they are (gr.set_static_paths): Gradio neither hashes nor copies a preview
+        # into its cache on every edit. Their names are random-looking content hashes.
+        self.previews_root = self.root / "previews"
         atexit.register(shutil.rmtree, self.root, ignore_errors=True)
 
     def folder(self, session: StudioSession, kind: str = "") -> Path:
         """The session's folder, or its subfolder for one kind of download (a save, a batch)."""
         return self.root / f"{id(session):x}" / kind
 
+    def previews(self, session: StudioSession) -> PreviewFiles:
+        """The session's working-size images as files (`previews.PreviewFiles`)."""
+        return self._previews.setdefault(id(session), PreviewFiles(self.previews_root / f"{id(session):x}"))
+
     def forget(self, session: StudioSession | None) -> None:
-        """gr.State's delete callback: drop the session's saved files."""
+        """gr.State's delete callback: drop the session's saved files and previews."""
         if session is not None:
+            self._previews.pop(id(session), None)
             shutil.rmtree(self.folder(session), ignore_errors=True)
+            shutil.rmtree(self.previews_root / f"{id(session):x}", ignore_errors=True)
 
 
 EXAMPLES_FILE = "examples.json"  # in assets/: {"examples": {task name: [file names]}}
@@ -170,13 +181,17 @@ class Studio:
     def editor_values(self, session: StudioSession, model: LoadedModel | None, message: str = "") -> Updates:
         """The session and the result area (`ExploreWidgets.editor`)."""
         page = self.explore
-        result = session.result_image()
-        strip = [(image, _level_caption(session, level)) for level, image in enumerate(session.level_strip())]
-        compare_input = (session.input_preview(model), result) if result is not None and model else None
+        previews = self.downloads.previews(session)
+        # Each image is encoded once however many widgets show it, and not again while unchanged.
+        strip = [(previews.path(image), _level_caption(session, level))
+                 for level, image in enumerate(session.level_strip())]
+        result = strip[-1][0] if strip else None
+        compare_input = (previews.path(session.input_preview(model)), result) if result and model else None
         if session.reference_preview is not None and result is not None:
-            compare_truth = gr.update(value=(session.reference_preview, result), visible=True)
+            compare_truth = gr.update(value=(previews.path(session.reference_preview), result), visible=True)
         else:
             compare_truth = gr.update(value=None, visible=False)
+        previews.end_response()
         status = message or describe_render(session.last_render, len(session.level_images))
         return {page.state: session, page.result: result, page.level_strip: strip,
                 page.compare_input: compare_input, page.compare_truth: compare_truth, page.status: status}
@@ -210,9 +225,9 @@ class Studio:
     def _full(self, session: StudioSession, model: LoadedModel | None, message: str = "") -> Updates:
         return self.editor_values(session, model, message) | self.control_values(session, model)
 
-    @staticmethod
-    def gallery_values(session: StudioSession) -> list[tuple[Image.Image, str]]:
-        return [(image, f"#{index + 1}") for index, image in enumerate(session.sample_images)]
+    def gallery_values(self, session: StudioSession) -> list[tuple[str, str]]:
+        previews = self.downloads.previews(session)
+        return [(previews.path(image), f"#{index + 1}") for index, image in enumerate(session.sample_images)]
 
     def _gallery_and_seed(self, session: StudioSession) -> Updates:
         return {self.explore.gallery: self.gallery_values(session), self.explore.seed: session.sample_seed}
@@ -300,18 +315,29 @@ class Studio:
                     page.status: f"{len(session.sample_images)} samples; click one to make it the current result."}
 
     def select(self, session: StudioSession | None, evt: gr.SelectData) -> Updates:
+        return self.pick_sample(session, evt.index)
+
+    def pick_sample(self, session: StudioSession | None, index: float) -> Updates:
+        """Gallery sample `index` (0-based) becomes the current result: a click on the gallery,
+        or `/pick_sample` for API clients, which cannot send a click."""
         session = self._session(session)
         with user_errors():
             model = self._model(session)
-            session.select_sample(model, int(evt.index))
-            return self._full(session, model, f"Sample #{evt.index + 1} is the current result.")
+            if index is None or int(index) != index:
+                raise StudioError("give the sample's number in the gallery, counting from 0")
+            session.select_sample(model, int(index))
+            return self._full(session, model, f"Sample #{int(index) + 1} is the current result.")
 
     # -- level edits --------------------------------------------------------------------------
 
     def edit_level(self, level: int, session: StudioSession | None, renormalise: bool,
-                   *values: float) -> Updates:
+                   *values: float) -> Iterator[Updates]:
         """One level's sliders moved: `values` are its `LevelWidgets.sliders` (the directions, then
-        global seed and blend, local seed and blend, noise scale). Updates the editor."""
+        global seed and blend, local seed and blend, noise scale). Updates the editor.
+
+        Where the render would keep the user waiting (`StudioSession.streams_coarse_first`),
+        the result is first shown from the edited level alone, then refined in place.
+        """
         session = self._session(session)
         with user_errors():
             model = self._model(session)
@@ -321,8 +347,14 @@ class Studio:
             edit = LevelEdit(tuple(float(a or 0) for a in directions), int(global_seed or 0),
                              float(global_blend or 0), int(local_seed or 0), float(local_blend or 0),
                              float(1.0 if noise_scale is None else noise_scale))
-            session.edit_level(model, level, edit, renormalise)
-            return self.editor_values(session, model)
+            if not session.streams_coarse_first(level):
+                session.edit_level(model, level, edit, renormalise)
+            else:
+                previews = self.downloads.previews(session)
+                for coarse in shown_while(lambda show: session.edit_level(model, level, edit, renormalise, show)):
+                    yield {self.explore.result: previews.path(tensor_to_pil(coarse[0])),
+                           self.explore.status: f"Level {level + 1} drawn; refining the finer levels…"}
+            yield self.editor_values(session, model)
 
     def randomise_level(self, level: int, session: StudioSession | None) -> Updates:
         session = self._session(session)
@@ -545,12 +577,43 @@ class Studio:
 
     # -- training -----------------------------------------------------------------------------
 
-    def training_form(self) -> dict:
-        """Data folder choices on page load (server folders are listed only when allowed)."""
-        if not self.settings.policy.allowed:
-            return gr.update(choices=[], value=None)
-        folders = data_folders(self.settings.data_root)
-        return gr.update(choices=folders, value=folders[0] if folders else None)
+    def training_form(self, task: str = TASK_NAMES[0]) -> Updates:
+        """On page load: the models a run of `task` can start from (`choose_task`), and the data
+        folders inside the data root, or what to do while there are none (server folders are
+        listed only when training is allowed)."""
+        allowed = self.settings.policy.allowed
+        folders = data_folders(self.settings.data_root) if allowed else []
+        hint = training.no_data_message(self.settings.data_root) if allowed and not folders else ""
+        folder = gr.update(choices=folders, value=folders[0] if folders else None)
+        return self.choose_task(task) | {self.train.data_folder: folder, self.train.data_help: hint}
+
+    def choose_task(self, task: str) -> Updates:
+        """A task chosen: the models its runs can start from, the default one chosen (the task's
+        default shipped model where it can start a run), and that choice's preset."""
+        models = training.starting_models(self.settings.checkpoints, self.settings.runs, task)
+        value = str(models[0].entry.path) if models else training.FROM_SCRATCH
+        return ({self.train.start_from: gr.update(choices=training.start_choices(models), value=value)}
+                | self._preset_for(models[0] if models else None))
+
+    def choose_start(self, task: str, start_from: str | None) -> Updates:
+        """A starting model chosen: its preset, fixed (a run from it has its sizes); any preset for a new model."""
+        with user_errors():
+            return self._preset_for(self._starting_model(task, start_from))
+
+    def _preset_for(self, start: training.StartingModel | None) -> Updates:
+        if start is None:
+            return {self.train.preset: gr.update(interactive=self.settings.policy.allowed)}
+        return {self.train.preset: gr.update(value=start.options.preset, interactive=False)}
+
+    def _starting_model(self, task: str, start_from: str | None) -> training.StartingModel | None:
+        """The model a run of `task` starts from, None for a new model; a model that is not in
+        the task's list is refused (the value comes from the browser)."""
+        if not start_from or start_from == training.FROM_SCRATCH:
+            return None
+        for model in training.starting_models(self.settings.checkpoints, self.settings.runs, task):
+            if str(model.entry.path) == start_from:
+                return model
+        raise training.TrainingError(f"a {task} run cannot start from that model; choose one from the list")
 
     def _require_training(self) -> None:
         if not self.settings.policy.allowed:
@@ -574,6 +637,9 @@ class Studio:
             status += f", about {training.format_seconds(run.eta_seconds)} left"
         if run.message:
             status += f" — {run.message}"
+        figure = training.validation_text(run.paths)
+        if figure:
+            status += f"\n\n{figure}"
         grid_path = training.latest_sample(run.paths)
         grid = None
         if grid_path is not None:
@@ -598,12 +664,17 @@ class Studio:
                 page.run_log: "", page.stop: disabled, page.resume: disabled, page.open_in_explore: disabled}
 
     def start_training(self, task: str, preset: str, steps: float, name: str, data_folder: str | None,
-                       archive: str | None, extra_flags: str) -> Updates:
-        """Start a run; updates the message and the run widgets (the new run selected)."""
+                       archive: str | None, extra_flags: str, start_from: str | None = training.FROM_SCRATCH
+                       ) -> Updates:
+        """Start a run (from the weights of `start_from`, a path the Start from list offers, with
+        that model's preset); updates the message and the run widgets (the new run selected)."""
         with user_errors():
             self._require_training()
             if task not in TASK_NAMES or preset not in PRESETS:
                 raise training.TrainingError("choose a task and a preset")
+            start = self._starting_model(task, start_from)
+            if start is not None:
+                preset = start.options.preset  # the model's sizes decide
             if not steps or int(steps) < 1:
                 raise training.TrainingError("train for at least one step")
             flags = training.parse_extra_flags(extra_flags)
@@ -624,8 +695,9 @@ class Studio:
                 source = f"the folder {data_folder}"
             else:
                 raise training.TrainingError("choose a data folder or upload a zip of photos")
-            training.start_run(self.settings.runs, name, task, preset, int(steps), data, flags)
-            return {self.train.message: f"Started run **{name}** on {source}."} | self.refresh_runs(name)
+            training.start_run(self.settings.runs, name, task, preset, int(steps), data, flags, start)
+            origin = f" from {start.entry.name}" if start is not None else ""
+            return {self.train.message: f"Started run **{name}**{origin} on {source}."} | self.refresh_runs(name)
 
     def stop_training(self, selected: str | None) -> Updates:
         with user_errors():

@@ -27,7 +27,7 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from ..imageops import resize
 from ..images import pil_to_tensor, tensor_to_pil
 from ..ivo import IvOConfig, hint_search, ivo_steps
 from ..model import Render
-from ..pipeline import PreparedInput, prepare, render, sample_codes
+from ..pipeline import PreparedInput, coarse_result, prepare, render, sample_codes
 from ..search import Distance
 from .models import LoadedModel
 
@@ -53,6 +53,10 @@ RENDER_CHUNK = 4  # samples rendered per forward pass (bounds peak memory for bi
 # cpu model. A dropped cache costs little: the edit renders every level, as a level-1 edit
 # does anyway (README: 0.66 s against 0.51 s for level 3).
 RENDER_CACHE_BYTES = 32 * 2 ** 20
+# An edit that would keep the user waiting longer than this shows its first level's result
+# first (issue: a slider edit answers within 100 ms; every level has its own output).
+COARSE_FIRST_ABOVE_SECONDS = 0.1
+CoarseResult = Callable[[torch.Tensor], None]  # receives (1, 3, H, W) in [-1, 1]
 
 
 class StudioError(ValueError):
@@ -98,6 +102,16 @@ def pad_painted(prepared: PreparedInput, painted: torch.Tensor, mode: str = "rep
     if (out_h, out_w) == (crop_h, crop_w):
         return painted
     return F.pad(painted, (0, out_w - crop_w, 0, out_h - crop_h), mode=mode)
+
+
+def gallery_images(model: LoadedModel, prepared: PreparedInput, codes: LatentCodes) -> list[Image.Image]:
+    """Each code's result as a picture for the gallery, `RENDER_CHUNK` codes per forward pass."""
+    images = []
+    for start in range(0, codes.batch_size, RENDER_CHUNK):
+        [results], _ = render(model.net, model.task, prepared, codes[start:start + RENDER_CHUNK],
+                              as_result=True, map_levels="final")
+        images.extend(tensor_to_pil(image) for image in results)
+    return images
 
 
 def render_bytes(cached: Render | None) -> int:
@@ -198,6 +212,7 @@ class StudioSession:
     cache_codes: LatentCodes | None = None
     level_images: list[torch.Tensor] = field(default_factory=list)
     last_render: RenderReport | None = None
+    full_render_seconds: float = 0.0  # the last render of every level: decides `streams_coarse_first`
     # The last region re-drawn and the last colour strokes, at the output size, so that the
     # same region can be re-drawn again (another seed) without painting it again.
     region: torch.Tensor | None = None
@@ -300,11 +315,7 @@ class StudioSession:
             draw_seed = (self.sample_seed if self.batches_drawn == 0
                          else derived_seed(self.sample_seed, self.batches_drawn))
             codes = self._with_locked_levels(sample_codes(model.net, prepared, num, draw_seed))
-            images = []
-            for start in range(0, num, RENDER_CHUNK):
-                level_images, _ = render(model.net, model.task, prepared, codes[start:start + RENDER_CHUNK],
-                                         as_result=True)
-                images.extend(tensor_to_pil(image) for image in level_images[-1])
+            images = gallery_images(model, prepared, codes)
             self.samples = codes if self.samples is None else LatentCodes.cat([self.samples, codes])
             self.sample_images.extend(images)
             self.batches_drawn += 1
@@ -344,8 +355,14 @@ class StudioSession:
             return self._render_current(model)
 
     def edit_level(self, model: LoadedModel, level: int, edit: LevelEdit,
-                   renormalise: bool | None = None) -> RenderReport:
-        """Apply one level's slider values; re-renders from that level upward."""
+                   renormalise: bool | None = None, on_coarse: CoarseResult | None = None) -> RenderReport:
+        """Apply one level's slider values; re-renders from that level upward.
+
+        Args:
+            on_coarse: called with a preview of the result, (1, 3, H, W) in [-1, 1], as soon
+                as the first re-rendered level is done and before the finer ones are
+                (`pipeline.coarse_result`); not called when only the finest level changes.
+        """
         with self.lock:
             self.require_current()
             self._check_level(level)
@@ -353,7 +370,13 @@ class StudioSession:
                 self.renormalise = bool(renormalise)
             self.edits[level] = edit
             self._apply_edits(model)
-            return self._render_current(model)
+            return self._render_current(model, on_coarse)
+
+    def streams_coarse_first(self, level: int) -> bool:
+        """Whether an edit of `level` should show a coarse preview first: when the last full
+        render took longer than `COARSE_FIRST_ABOVE_SECONDS` and there are finer levels to wait for."""
+        return (self.current is not None and level < self.current.num_levels - 1
+                and self.full_render_seconds > COARSE_FIRST_ABOVE_SECONDS)
 
     def randomise_level(self, model: LoadedModel, level: int, seed: int | None = None) -> RenderReport:
         """Draw a new base code for `level` (both parts); its sliders return to neutral."""
@@ -404,7 +427,7 @@ class StudioSession:
         # bit-exactly base's.
         self.current = apply_edits(self.base, dict(enumerate(self.edits)), model.directions, self.renormalise)
 
-    def _render_current(self, model: LoadedModel) -> RenderReport:
+    def _render_current(self, model: LoadedModel, on_coarse: CoarseResult | None = None) -> RenderReport:
         """Render the current code, reusing the cached levels below the first changed one.
 
         The first changed level is found by comparing codes rather than trusted from the
@@ -414,12 +437,23 @@ class StudioSession:
         tic = time.perf_counter()
         start = first_changed_level(self.cache_codes if self.cache is not None else None, self.current)
         if start is not None:
-            images, self.cache = render(model.net, model.task, self.prepared, self.current,
-                                        reuse=self.cache if start > 0 else None, start_level=start, as_result=True)
-            self.level_images = [image.clone() for image in images]
+            # The images of the levels below `start` belong to the reused render: kept, not mapped again.
+            reuse, rest, images = (self.cache if start > 0 else None), start, self.level_images[:start]
+            if on_coarse is not None and start < self.current.num_levels - 1:
+                # The same computation in two calls (bit-identical): the first level, shown, then the rest.
+                coarse, reuse = render(model.net, model.task, self.prepared, self.current, reuse=reuse,
+                                       start_level=start, upto=start + 1, as_result=True, map_levels="new")
+                on_coarse(coarse_result(model.task, self.prepared, reuse.outputs[start]))
+                images, rest = images + [image.clone() for image in coarse], start + 1
+            finer, self.cache = render(model.net, model.task, self.prepared, self.current,
+                                       reuse=reuse, start_level=rest, as_result=True, map_levels="new")
+            self.level_images = images + [image.clone() for image in finer]
             self.cache_codes = self.current
             RENDER_CACHES.used(self)
-        self.last_render = RenderReport(start, time.perf_counter() - tic)
+        seconds = time.perf_counter() - tic
+        if start == 0 and on_coarse is None:
+            self.full_render_seconds = seconds
+        self.last_render = RenderReport(start, seconds)
         return self.last_render
 
     # -- painting on the result: region re-draw and colour hints -------------------------------
@@ -538,12 +572,7 @@ class StudioSession:
                                   f"use the same image and working size as when it was saved")
             if codes.batch_size > 1:
                 codes = codes[:MAX_SAMPLES]
-                images = []
-                for start in range(0, codes.batch_size, RENDER_CHUNK):
-                    level_images, _ = render(model.net, model.task, prepared, codes[start:start + RENDER_CHUNK],
-                                             as_result=True)
-                    images.extend(tensor_to_pil(image) for image in level_images[-1])
-                self.samples, self.sample_images, self.batches_drawn = codes, images, 1
+                self.samples, self.sample_images, self.batches_drawn = codes, gallery_images(model, prepared, codes), 1
             self.adopt(model, codes[0])
             return codes.batch_size
 

@@ -1,9 +1,10 @@
-"""Training runs launched from the studio: start, list, re-attach, stop, resume.
+"""Training runs launched from the studio: start (a new model, or from a model's weights),
+list, re-attach, stop, resume; and what the Train tab says of them.
 
 The trainer runs as its own process (`python -m chimle train`, the CLI's code path) in its
 own session, so the app stays responsive and a restart of the app neither kills nor
-forgets the run. The run folder is the state: the trainer keeps status.json and
-metrics.jsonl there, and the launcher adds `studio.json` (the pid it started, the command)
+forgets the run. The run folder is the state: the trainer keeps status.json, metrics.jsonl
+and validation.jsonl there, and the launcher adds `studio.json` (the pid it started, the command)
 so a run is visible as "starting" before the trainer has written its first status.
 """
 
@@ -26,14 +27,19 @@ from pathlib import Path
 import pandas as pd
 
 from ..fileio import atomic_write_json
-from ..runs import FINISHED, RUNNING, RunPaths, effective_status, now, pid_alive, read_metrics
+from ..runs import FINISHED, RUNNING, RunPaths, effective_status, now, pid_alive, read_metrics, read_validation
+from ..train import InitOptions, init_options
+from .models import ModelEntry, find_models, read_defaults
 
 STUDIO_FILE = "studio.json"
 STOP_GRACE_SECONDS = 60.0
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Options the studio sets itself; extra flags may not override them.
-RESERVED_FLAGS = ("--out", "--resume", "--data", "--task", "--preset", "--steps", "--no-progress")
+RESERVED_FLAGS = ("--out", "--resume", "--data", "--task", "--preset", "--steps", "--init-from", "--no-progress")
+# Set by the model a run starts from (`InitOptions`); extra flags may set them for a new model.
+STARTING_MODEL_FLAGS = ("--semantic-prior", "--task-params")
+FROM_SCRATCH = "scratch"  # the Start from choice of a new model
 RESUMABLE = ("stopped", "dead", "failed")
 
 # Children started by this app process, kept so their exit status is collected (no zombies).
@@ -77,6 +83,20 @@ class RunInfo:
     @property
     def can_resume(self) -> bool:
         return self.state in RESUMABLE and self.paths.config.is_file()
+
+
+def demo_corpus_command(data_root: str | os.PathLike) -> str:
+    """The shell line that builds the demo corpus (photos that install offline) in the data root."""
+    out = Path(data_root).resolve() / "demo"
+    shown = out.relative_to(PROJECT_ROOT) if out.is_relative_to(PROJECT_ROOT) else out
+    return f"cd {shlex.quote(str(PROJECT_ROOT))} && python -m chimle data demo --out {shlex.quote(str(shown))}"
+
+
+def no_data_message(data_root: str | os.PathLike) -> str:
+    """What the Train tab says while the data root holds no folder: how to get photos to train on."""
+    return (f"**No data folders yet** in `{Path(data_root).resolve()}`. Upload a zip of your photos above "
+            f"(*…or a zip of photos*), or build the demo corpus (photos that install offline, split into "
+            f"`train/` and `held_out/`), then reload the page:\n\n`{demo_corpus_command(data_root)}`")
 
 
 def _reap() -> None:
@@ -195,16 +215,72 @@ def _launch(paths: RunPaths, arguments: list[str]) -> int:
     return child.pid
 
 
+@dataclass(frozen=True)
+class StartingModel:
+    """A model a new run can start from (`--init-from`), and the options a run from it takes."""
+
+    entry: ModelEntry
+    options: InitOptions
+
+    @property
+    def label(self) -> str:
+        trained_here = ", trained here" if self.entry.source == "run" else ""
+        return f"{self.entry.name} (preset {self.options.preset}{trained_here})"
+
+
+def starting_models(checkpoints_dir: str | os.PathLike, runs_dir: str | os.PathLike,
+                    task: str) -> list[StartingModel]:
+    """The models a run of `task` can start from: the task's default shipped model first
+    (`checkpoints/default.json`), then the other shipped ones, then finished runs. Models
+    that no preset builds are left out: a run could not start from them."""
+    default = read_defaults(checkpoints_dir).get(task)
+    entries = [entry for entry in find_models(checkpoints_dir, runs_dir) if entry.task == task]
+    entries.sort(key=lambda entry: not (entry.source == "checkpoint" and entry.name == default))  # stable
+    models = []
+    for entry in entries:
+        try:
+            models.append(StartingModel(entry, init_options(entry.path)))
+        except ValueError:  # CheckpointError included
+            continue
+    return models
+
+
+def start_choices(models: list[StartingModel]) -> list[tuple[str, str]]:
+    """The Start from dropdown's (label, value) choices: the models' paths, then a new model."""
+    return [(model.label, str(model.entry.path)) for model in models] + [("a new model (from scratch)", FROM_SCRATCH)]
+
+
+def train_arguments(paths: RunPaths, task: str, preset: str, steps: int, data: str | os.PathLike,
+                    extra_flags: list[str] | None = None, start: StartingModel | None = None) -> list[str]:
+    """The `python -m chimle train` arguments of a new run in `paths` (`_launch` adds --no-progress).
+
+    Args:
+        start: the model the run starts from; its task and preset must be `task` and `preset`,
+            and it sets the semantic prior and the task's parameters.
+    """
+    extra_flags = list(extra_flags or [])
+    arguments = ["--out", str(paths.root), "--data", str(Path(data).resolve()), "--steps", str(int(steps))]
+    if start is None:
+        return arguments + ["--task", task, "--preset", preset, *extra_flags]
+    if (start.options.task, start.options.preset) != (task, preset):
+        raise TrainingError(f"{start.entry.name} is a {start.options.task} model of preset {start.options.preset}; "
+                            f"a run from it has that task and preset")
+    for flag in extra_flags:
+        if flag.split("=", 1)[0] in STARTING_MODEL_FLAGS:
+            raise TrainingError(f"extra flags: {flag.split('=', 1)[0]} is set by the model the run starts from")
+    return arguments + ["--init-from", str(start.entry.path), *start.options.arguments(), *extra_flags]
+
+
 def start_run(runs_dir: str | os.PathLike, name: str, task: str, preset: str, steps: int,
-              data: str | os.PathLike, extra_flags: list[str] | None = None) -> RunPaths:
-    """Start a new run in `runs_dir/name` training on the folder `data`."""
+              data: str | os.PathLike, extra_flags: list[str] | None = None,
+              start: StartingModel | None = None) -> RunPaths:
+    """Start a new run in `runs_dir/name` training on the folder `data`, from `start`'s weights if given."""
     paths = RunPaths(Path(runs_dir).resolve() / check_run_name(name))
     if paths.config.exists() or paths.status.exists() or (paths.root / STUDIO_FILE).exists():
         raise TrainingError(f"a run named {name} exists already; pick another name or resume it")
     if int(steps) < 1:
         raise TrainingError("train for at least one step")
-    _launch(paths, ["--out", str(paths.root), "--data", str(Path(data).resolve()), "--task", task,
-                    "--preset", preset, "--steps", str(int(steps)), *(extra_flags or [])])
+    _launch(paths, train_arguments(paths, task, preset, steps, data, extra_flags, start))
     return paths
 
 
@@ -281,6 +357,32 @@ def loss_frame(paths: RunPaths) -> pd.DataFrame:
         for level, value in enumerate(record.get("loss_per_level") or [], start=1):
             rows.append({"step": record["step"], "loss": value, "series": f"level {level}"})
     return pd.DataFrame(rows, columns=["step", "loss", "series"])
+
+
+def _model_name(path: str | os.PathLike) -> str:
+    """A model's name as the model lists show it: the file's stem, or a run's folder name."""
+    path = Path(path)
+    return path.parent.name if path == RunPaths(path.parent).final_model else path.stem
+
+
+def validation_text(paths: RunPaths) -> str:
+    """The run's latest validation figure, beside the one of the model it started from
+    (the trainer's validation.jsonl); empty before the first."""
+    records = [r for r in read_validation(paths) if isinstance(r.get("best_lpips"), (int, float))]
+    start = next((r for r in records if r.get("step") == 0 and r.get("start_model")), None)
+    latest = next((r for r in reversed(records) if r.get("step", 0) > 0), None)
+    shown = latest or start
+    if shown is None:
+        return ""
+    how = (f"best of {shown.get('samples', '?')} samples on each of {shown.get('crops', '?')} fixed validation crops, "
+           f"lower is better")
+    if latest is None:
+        return (f"Validation LPIPS of {_model_name(start['start_model'])}, the model this run started from: "
+                f"{start['best_lpips']:.3f} ({how}; the run's own comes with its first sample grid).")
+    text = f"Validation LPIPS {latest['best_lpips']:.3f} at step {latest['step']}"
+    if start is not None:
+        text += f" (started from {_model_name(start['start_model'])}: {start['best_lpips']:.3f})"
+    return f"{text}; {how}."
 
 
 def latest_sample(paths: RunPaths) -> Path | None:

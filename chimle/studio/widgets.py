@@ -92,7 +92,10 @@ class TrainWidgets:
     """The Train tab, and the page's tabs (Open in Explore switches to Explore)."""
 
     tabs: gr.Tabs
+    preset: gr.Dropdown
+    start_from: gr.Dropdown
     data_folder: gr.Dropdown
+    data_help: gr.Markdown
     message: gr.Markdown
     runs_table: gr.Dataframe
     run_choice: gr.Dropdown
@@ -103,6 +106,11 @@ class TrainWidgets:
     stop: gr.Button
     resume: gr.Button
     open_in_explore: gr.Button
+
+    @property
+    def form(self) -> list[gr.blocks.Block]:
+        """What the page load sets in the form: the starting model, its preset, the data folders."""
+        return [self.start_from, self.preset, self.data_folder, self.data_help]
 
     @property
     def run(self) -> list[gr.blocks.Block]:
