@@ -100,9 +100,10 @@ def lineage_section(legs: list[dict], previous_card: str | None) -> list[str]:
 
 
 def _reproduce_block(card: str) -> list[str]:
-    """The ```bash block under a card's "## Reproduce" heading."""
+    """The ```bash block under a card's "## Reproduce" heading, or its first leg's in a card
+    with a lineage."""
     text = Path(card).read_text()
-    after = text.split("## Reproduce", 1)[1]
+    after = text.split("## Reproduce" if "## Reproduce" in text else "Leg 1:", 1)[1]
     block = after.split("```bash", 1)[1].split("```", 1)[0]
     return ["```bash", block.strip("\n"), "```"]
 
