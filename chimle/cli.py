@@ -29,6 +29,7 @@ TRAIN_HELP = {
     "validation_data": "folder of held-out photos for sample grids (then all of --data trains)",
     "preset": "model size",
     "semantic_prior": "frozen AlexNet features of the input at every level: the preset's choice, alexnet or none",
+    "input_skip": "every level outputs its input plus a learned correction (restoration tasks)",
     "init_from": "start from this model file's weights (not its optimiser); a shipped model keeps improving",
     "method": "code search: chimle (hierarchical) or cimle",
     "samples_per_level": "CHIMLE candidates per level, coarse to fine (default: 12 6 4..., one per level)",

@@ -42,6 +42,10 @@ class ModelConfig:
             AlexNet of the input (`chimle.semantic`); "" (the paper's model) does not.
         semantic_channels: channels of each level's semantic map.
         semantic_scale: the encoder sees the input at this many times the output size.
+        input_skip: each level's output is the input, resized to that level's output
+            size, plus a learned correction (residual learning, as DnCNN and VDSR do), so
+            a restorer starts from the identity instead of learning to copy its input.
+            Only for tasks whose input is in the output's space (JPEG, super-resolution).
     """
 
     in_channels: int = 3
@@ -56,6 +60,7 @@ class ModelConfig:
     semantic_encoder: str = ""
     semantic_channels: int = 32
     semantic_scale: int = 2
+    input_skip: bool = False
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; normalise so equality still holds.
@@ -98,9 +103,19 @@ class ModelConfig:
         for level, value in enumerate(self.rrdbs, start=1):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"rrdbs[level {level}] must be >= 0, got {value!r}")
+        if not isinstance(self.input_skip, bool):
+            raise ValueError(f"input_skip must be true or false, got {self.input_skip!r}")
+        if self.input_skip and self.in_channels != self.out_channels:
+            raise ValueError(f"input_skip adds the input to the output, so it needs as many input as "
+                             f"output channels (got {self.in_channels} and {self.out_channels})")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        # Models without the skip describe themselves as before it existed, so their
+        # fingerprints (and the codes saved for them) stay valid.
+        if not self.input_skip:
+            del values["input_skip"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":

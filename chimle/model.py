@@ -27,6 +27,8 @@ from .semantic import SemanticAdapter, encoder_input, load_trunk
 RESIDUAL_SCALE = 0.2
 # The previous level's features enter the next level scaled by 0.1 (docs/method.md#the-feature-feed).
 FEATURE_FEED_SCALE = 0.1
+# With `ModelConfig.input_skip`, the heads' initial weights are scaled by this.
+INPUT_SKIP_HEAD_SCALE = 0.1
 
 
 def wn_conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Module:
@@ -104,6 +106,11 @@ class TowerLevel(nn.Module):
         self.upsample_conv = wn_conv(channels, channels)
         self.refine_conv = wn_conv(channels, channels)
         self.head = wn_conv(channels, config.out_channels)
+        if config.input_skip:
+            # The head predicts a correction of the input: start it small, near the identity.
+            with torch.no_grad():
+                self.head.parametrizations.weight.original0.mul_(INPUT_SKIP_HEAD_SCALE)
+                self.head.bias.zero_()
 
     def forward(self, x: torch.Tensor, local_code: torch.Tensor, semantic: torch.Tensor | None,
                 previous: torch.Tensor | None, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,10 +278,17 @@ class TowerImplicitModel(nn.Module):
             previous = features[-1] if level > 0 else None
             semantic = context[level] if context is not None else None
             feats, out = self.levels[level](x_level, local_code, semantic, previous, w)
-            outputs.append(out)
+            outputs.append(self.add_input(out, x))
             features.append(feats)
             mapped.append(w)
         return Render(outputs, features, mapped, context)
+
+    def add_input(self, correction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """A level's output from its head's (B, out_channels, h, w) result: the head's result
+        itself, or with `config.input_skip` the input resized to (h, w) plus that correction."""
+        if not self.config.input_skip:
+            return correction
+        return resize(x, tuple(correction.shape[2:])) + correction
 
     def forward(self, x: torch.Tensor, codes: LatentCodes, upto: int | None = None) -> list[torch.Tensor]:
         """Every evaluated level's output image, coarse to fine."""

@@ -124,4 +124,4 @@ def render_tiled(net: TowerImplicitModel, x: torch.Tensor, codes: LatentCodes,
             previous = map_tiles(lambda t: tower.tail(t)[part], [h], TAIL_RADIUS, size, scale=2,
                                  on_tile=count(TAIL_COST))
             del stem, h
-    return previous  # the last level's output
+    return net.add_input(previous, x)  # the last level's output

@@ -69,6 +69,8 @@ class TrainConfig:
         preset: model size (`chimle.config.PRESETS`).
         semantic_prior: "preset" (the preset's choice), "alexnet" or "none": whether the
             model gets the frozen AlexNet features of its input (`chimle.semantic`).
+        input_skip: every level outputs its input plus a learned correction
+            (`ModelConfig.input_skip`); for restoration tasks, not colourization.
         init_from: a model file (.safetensors) whose weights the run starts from (not its
             optimiser state); the model's sizes are then that file's.
         method: "chimle" (hierarchical search) or "cimle".
@@ -97,6 +99,7 @@ class TrainConfig:
     validation_data: str = ""
     preset: str = "cpu"
     semantic_prior: str = "preset"
+    input_skip: bool = False
     init_from: str = ""
     method: str = "chimle"
     samples_per_level: tuple[int, ...] | None = None
@@ -168,6 +171,8 @@ class TrainConfig:
         """The model this run builds from its preset and semantic-prior options."""
         overrides = {} if self.semantic_prior == "preset" else {
             "semantic_encoder": "" if self.semantic_prior == "none" else self.semantic_prior}
+        if self.input_skip:
+            overrides["input_skip"] = True
         return preset(self.preset, task.in_channels, task.out_channels, **overrides)
 
     def search_config(self, num_levels: int) -> SearchConfig:
@@ -295,8 +300,8 @@ def _build_model(config: TrainConfig, task: Task, resumed: RunPaths | None = Non
     if source.task != task:
         raise ValueError(f"{config.init_from} was trained for {source.task.to_dict()}, not {task.to_dict()}")
     if source.net.config != wanted:
-        differences = {k: (v, wanted.to_dict()[k]) for k, v in source.net.config.to_dict().items()
-                       if v != wanted.to_dict()[k]}
+        have, want = dataclasses.asdict(source.net.config), dataclasses.asdict(wanted)
+        differences = {k: (v, want[k]) for k, v in have.items() if v != want[k]}
         raise ValueError(f"{config.init_from} does not have the sizes of preset {config.preset!r} with "
                          f"semantic prior {config.semantic_prior!r}: (file, preset) differ in {differences}")
     previous = source.metadata.get("lineage") or [_leg_from_metadata(config.init_from, source.metadata)]
@@ -312,10 +317,12 @@ class InitOptions:
     task_params: dict
     preset: str
     semantic_prior: str
+    input_skip: bool = False
 
     def arguments(self) -> list[str]:
         """These options as `python -m chimle train` flags."""
         flags = ["--task", self.task, "--preset", self.preset, "--semantic-prior", self.semantic_prior]
+        flags += ["--input-skip"] if self.input_skip else []
         return flags + (["--task-params", json.dumps(self.task_params)] if self.task_params else [])
 
 
@@ -331,9 +338,10 @@ def init_options(path: str | os.PathLike) -> InitOptions:
     params = {k: v for k, v in task.to_dict().items() if k != "name"}
     for name in PRESETS:
         for prior in SEMANTIC_PRIORS:
-            candidate = TrainConfig(task=task.name, task_params=params, preset=name, semantic_prior=prior)
+            candidate = TrainConfig(task=task.name, task_params=params, preset=name, semantic_prior=prior,
+                                    input_skip=wanted.input_skip)
             if candidate.model_config(candidate.build_task()) == wanted:
-                return InitOptions(task.name, params, name, prior)
+                return InitOptions(task.name, params, name, prior, wanted.input_skip)
     raise ValueError(f"{path}: no preset builds this model's sizes, so no run can start from it")
 
 

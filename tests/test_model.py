@@ -7,6 +7,7 @@ import torch
 
 from chimle.codes import LatentCodes
 from chimle.config import PRESETS, ModelConfig, preset
+from chimle.imageops import resize
 from chimle.model import TowerImplicitModel, count_parameters
 from chimle.tasks import TASK_NAMES, make_task
 
@@ -65,6 +66,7 @@ def test_any_number_of_levels():
     (dict(channels=(8, 0)), "channels[level 2]"),
     (dict(mapping_width=0), "mapping_width"),
     (dict(rrdbs=(1, -1)), "rrdbs[level 2]"),
+    (dict(in_channels=1, out_channels=2, input_skip=True), "as many input as output channels"),
 ])
 def test_invalid_configs_say_what_is_wrong(bad, message):
     values = dict(channels=(8, 8), growth=(8, 8), rrdbs=(1, 1)) | bad
@@ -154,3 +156,23 @@ def test_input_and_code_mismatches_are_clear():
     other = TowerImplicitModel(preset("tiny", 1, 2, global_code_dim=5))
     with pytest.raises(ValueError, match="do not fit this model"):
         other(torch.zeros(2, 1, 64, 64), codes)
+
+
+def test_with_the_input_skip_each_level_outputs_its_input_plus_the_heads_correction():
+    plain_config, skip_config = preset("tiny", 3, 3), preset("tiny", 3, 3, input_skip=True)
+    torch.manual_seed(0)
+    skip = TowerImplicitModel(skip_config).eval()
+    plain = TowerImplicitModel(plain_config).eval()
+    plain.load_state_dict(skip.state_dict())  # the same weights, without the skip
+    x = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    codes = _codes(skip, (32, 48))
+    with torch.inference_mode():
+        with_skip, corrections = skip(x, codes), plain(x, codes)
+    for output, correction in zip(with_skip, corrections):
+        torch.testing.assert_close(output, resize(x, tuple(output.shape[2:])) + correction, rtol=0, atol=1e-6)
+        assert 0 < correction.abs().mean() < 0.05  # the heads start small: near the identity
+    # A model without the skip is described as before the option existed (its fingerprint
+    # and saved codes stay valid); one with it says so.
+    assert "input_skip" not in plain_config.to_dict() and skip_config.to_dict()["input_skip"] is True
+    assert ModelConfig.from_dict(skip_config.to_dict()) == skip_config
+    assert ModelConfig.from_dict(plain_config.to_dict()) == plain_config

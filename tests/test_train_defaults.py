@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import subprocess
 import sys
@@ -132,6 +134,17 @@ def test_init_options_name_the_preset_and_semantic_prior_that_build_a_model(phot
     save_checkpoint(tmp_path / "odd.safetensors", TowerImplicitModel(three_levels), make_task("colourization"))
     with pytest.raises(ValueError, match="no preset builds"):
         init_options(tmp_path / "odd.safetensors")
+    # A model with the input skip: the options carry it, and a run without it is refused.
+    skip_path = tmp_path / "skip.safetensors"
+    save_checkpoint(skip_path, TowerImplicitModel(preset("tiny", 3, 3, input_skip=True)), task)
+    options = init_options(skip_path)
+    assert options.input_skip and "--input-skip" in options.arguments()
+    config = quick_config(photo_folders["plain"], init_from=str(skip_path), task="jpeg",
+                          task_params={"quality": 3}, preset="tiny", semantic_prior="none", input_skip=True)
+    _build_model(config, config.build_task())
+    with pytest.raises(ValueError, match="input_skip"):
+        without = dataclasses.replace(config, input_skip=False)
+        _build_model(without, without.build_task())
 
 
 def test_init_from_refuses_a_model_of_other_sizes_or_another_task(photo_folders, tmp_path):
