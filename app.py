@@ -22,6 +22,7 @@ from chimle.images import IMAGE_EXTENSIONS
 from chimle.studio.handlers import Downloads, Studio, StudioSettings, examples_for_task, find_examples, model_choices
 from chimle.studio.models import default_model, find_models
 from chimle.studio.memory import release_free_memory_periodically
+from chimle.studio.render_thread import RENDERS
 from chimle.studio.inputs import StudioBlocks
 from chimle.studio.security import on_spaces, training_policy
 from chimle.studio.training import FROM_SCRATCH, start_choices
@@ -322,6 +323,9 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
         studio = Studio(settings, explore, train, downloads)
         editor, controls = explore.editor, explore.controls
         render = dict(concurrency_id="render", concurrency_limit=concurrency)
+        # Quick model work runs on the process's one render thread (chimle/studio/render_thread.py);
+        # slider edits hand it their renders themselves, as they stream.
+        on_render = RENDERS.wrap
 
         demo.load(studio.load_page, None, [model, model_info], api_name="load_page")
         refresh_models.click(studio.refresh_models, model, model, api_name="refresh_models")
@@ -331,15 +335,15 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
         start_inputs = [state, model, image, reference, max_side, num_samples, seed, randomise_seed]
         start_outputs = [model_info, notes, *editor, *controls, gallery, seed]
         picked = [  # events after which another result is current
-            model.change(studio.start, start_inputs, start_outputs, api_name="start", **render),
-            image.change(studio.start, start_inputs, start_outputs, api_name="set_input", **render),
-            max_side.release(studio.start, start_inputs, start_outputs, api_name="set_max_side", **render),
-            generate.click(studio.generate, [state, num_samples, seed, randomise_seed],
+            model.change(on_render(studio.start), start_inputs, start_outputs, api_name="start", **render),
+            image.change(on_render(studio.start), start_inputs, start_outputs, api_name="set_input", **render),
+            max_side.release(on_render(studio.start), start_inputs, start_outputs, api_name="set_max_side", **render),
+            generate.click(on_render(studio.generate), [state, num_samples, seed, randomise_seed],
                            [*editor, *controls, gallery, seed], api_name="generate", **render)]
-        more.click(studio.more, [state, num_samples], [state, gallery, status], api_name="more", **render)
-        picked.append(gallery.select(studio.select, state, [*editor, *controls], api_name="select_sample", **render))
+        more.click(on_render(studio.more), [state, num_samples], [state, gallery, status], api_name="more", **render)
+        picked.append(gallery.select(on_render(studio.select), state, [*editor, *controls], api_name="select_sample", **render))
         # The same for API clients, which cannot send a gallery click (README, "Using the studio from Python").
-        picked.append(pick_sample.click(studio.pick_sample, [state, sample_index], [*editor, *controls],
+        picked.append(pick_sample.click(on_render(studio.pick_sample), [state, sample_index], [*editor, *controls],
                                         api_name="pick_sample", **render))
 
         for level, widgets in enumerate(explore.levels):
@@ -347,21 +351,21 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
             gr.on([slider.input for slider in widgets.sliders], functools.partial(studio.edit_level, level),
                   [state, renormalise, *widgets.sliders], editor, api_name=f"edit_level_{number}",
                   trigger_mode="always_last", show_progress="hidden", **render)
-            widgets.randomise.click(functools.partial(studio.randomise_level, level), state, [*editor, *controls],
+            widgets.randomise.click(on_render(functools.partial(studio.randomise_level, level)), state, [*editor, *controls],
                                     api_name=f"randomise_level_{number}", **render)
-            widgets.reset.click(functools.partial(studio.reset_level, level), state, [*editor, *controls],
+            widgets.reset.click(on_render(functools.partial(studio.reset_level, level)), state, [*editor, *controls],
                                 api_name=f"reset_level_{number}", **render)
             widgets.lock.input(functools.partial(studio.lock_level, level), [state, widgets.lock], [state, status],
                                api_name=f"lock_level_{number}")
-        randomise_unlocked.click(studio.randomise_unlocked, state, [*editor, *controls],
+        randomise_unlocked.click(on_render(studio.randomise_unlocked), state, [*editor, *controls],
                                  api_name="randomise_unlocked", **render)
 
-        reference.change(studio.set_reference, [state, reference], editor, api_name="set_reference", **render)
+        reference.change(on_render(studio.set_reference), [state, reference], editor, api_name="set_reference", **render)
         save.click(studio.save, state, [downloads_file, status], api_name="save", **render)
         # One batch at a time across users: every photo is rendered at its own size.
         run_batch.click(studio.batch, [state, model, batch_files, max_side, seed], [state, batch_result, batch_status],
                         api_name="batch", concurrency_id="batch", concurrency_limit=1)
-        picked.append(load_code.upload(studio.load_code, [state, load_code], [*editor, *controls, gallery],
+        picked.append(load_code.upload(on_render(studio.load_code), [state, load_code], [*editor, *controls, gallery],
                                        api_name="load_code", **render))
         # One reconstruction at a time across users: it is the heaviest job (gradients through the model).
         ivo_event = reconstruct.click(studio.reconstruct, [state, ivo_steps, ivo_lr], [ivo_status, *editor, *controls],
@@ -370,15 +374,15 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
         picked.append(ivo_event)
 
         paint = explore.paint.outputs
-        paint_current.click(studio.paint_current, state, paint, api_name="paint_current", **render)
+        paint_current.click(on_render(studio.paint_current), state, paint, api_name="paint_current", **render)
         # A newly picked result goes into the paint editor too (slider edits do not send it: ↻ does).
         for event in picked:
-            event.then(studio.refresh_paint, [state, region_level], paint, api_visibility="private",
+            event.then(on_render(studio.refresh_paint), [state, region_level], paint, api_visibility="private",
                        show_progress="hidden", **render)
         region_inputs = [state, paint_editor, region_level, region_seed, region_amount]
-        redraw_region.click(functools.partial(studio.redraw_region, False), region_inputs, [*editor, *controls, *paint],
+        redraw_region.click(on_render(functools.partial(studio.redraw_region, False)), region_inputs, [*editor, *controls, *paint],
                             api_name="redraw_region", **render)
-        blend_region.click(functools.partial(studio.redraw_region, True), region_inputs, [*editor, *controls, *paint],
+        blend_region.click(on_render(functools.partial(studio.redraw_region, True)), region_inputs, [*editor, *controls, *paint],
                            api_name="blend_region", **render)
         # Shares the reconstruction's queue: both take gradients through the model.
         hints_event = find_colours.click(studio.colour_hints, [state, paint_editor, hint_steps, hint_space],

@@ -1,12 +1,11 @@
-"""Preview files: each image written once, shared by widgets, old ones removed; streamed previews."""
+"""Preview files: each image written once, shared by widgets, old ones removed."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from chimle.studio.previews import KEEP_RESPONSES, PreviewFiles, shown_while
+from chimle.studio.previews import KEEP_RESPONSES, PreviewFiles
 
 
 def _image(value: int, size=(24, 16)) -> Image.Image:
@@ -40,16 +39,3 @@ def test_files_no_recent_response_showed_are_deleted(tmp_path):
     assert kept.split("/")[-1] in files
     assert old[0].split("/")[-1] not in files  # last shown KEEP_RESPONSES + 1 responses ago
     assert all(path.split("/")[-1] in files for path in old[1:])
-
-
-def test_shown_while_streams_the_shown_values_then_raises_the_works_error():
-    def work(show):
-        show(1)
-        show(2)
-        raise ValueError("render failed")
-
-    stream = shown_while(work)
-    assert next(stream) == 1 and next(stream) == 2
-    with pytest.raises(ValueError, match="render failed"):
-        next(stream)
-    assert list(shown_while(lambda show: show("only"))) == ["only"]

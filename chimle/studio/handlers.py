@@ -17,10 +17,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 import pandas as pd
+import torch
 from PIL import Image
 
 from ..checkpoint import CheckpointError, tensor_digest
@@ -39,7 +40,8 @@ from .models import MODELS, LoadedModel, default_model, find_models, read_task_n
 from .security import (TrainingPolicy, UnsafePathError, ZipLimits, confine_data_folder, data_folders,
                        extract_images_zip)
 from .paint import canvas, strokes_from_editor
-from .previews import PreviewFiles, shown_while
+from .previews import PreviewFiles
+from .render_thread import RENDERS
 from .session import RenderReport, StudioError, StudioSession, fresh_seed
 from .widgets import ExploreWidgets, TrainWidgets
 
@@ -347,14 +349,26 @@ class Studio:
             edit = LevelEdit(tuple(float(a or 0) for a in directions), int(global_seed or 0),
                              float(global_blend or 0), int(local_seed or 0), float(local_blend or 0),
                              float(1.0 if noise_scale is None else noise_scale))
+            # All of it on the render thread, the images' conversion too (torch parallelises
+            # that as well); only the streaming loop runs here.
             if not session.streams_coarse_first(level):
-                session.edit_level(model, level, edit, renormalise)
-            else:
-                previews = self.downloads.previews(session)
-                for coarse in shown_while(lambda show: session.edit_level(model, level, edit, renormalise, show)):
-                    yield {self.explore.result: previews.path(tensor_to_pil(coarse[0])),
-                           self.explore.status: f"Level {level + 1} drawn; refining the finer levels…"}
-            yield self.editor_values(session, model)
+                yield RENDERS.run(self._edited, session, model, level, edit, renormalise)
+                return
+            previews = self.downloads.previews(session)
+
+            def render(show: Callable[[Updates], None]) -> None:
+                def show_coarse(coarse: torch.Tensor) -> None:
+                    show({self.explore.result: previews.path(tensor_to_pil(coarse[0])),
+                          self.explore.status: f"Level {level + 1} drawn; refining the finer levels…"})
+                show(self._edited(session, model, level, edit, renormalise, show_coarse))
+
+            yield from RENDERS.stream(render)
+
+    def _edited(self, session: StudioSession, model: LoadedModel, level: int, edit: LevelEdit, renormalise: bool,
+                on_coarse: Callable[[torch.Tensor], None] | None = None) -> Updates:
+        """Apply a level edit and give the editor's new values."""
+        session.edit_level(model, level, edit, renormalise, on_coarse)
+        return self.editor_values(session, model)
 
     def randomise_level(self, level: int, session: StudioSession | None) -> Updates:
         session = self._session(session)

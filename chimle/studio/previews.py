@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -68,31 +66,3 @@ class PreviewFiles:
             keep = set().union(*self._recent)
             for key in [key for key in self._written if key not in keep]:
                 self._written.pop(key).unlink(missing_ok=True)
-
-
-_DONE = object()
-
-
-def shown_while(work: Callable[[Callable[[Any], None]], Any]) -> Iterator[Any]:
-    """Run `work(show)` and yield, as they come, the values it passes to `show`.
-
-    The work runs in its own thread, so a handler can stream a preview to the page while the
-    render goes on, and the session's state is whole even if the page stops listening: the
-    work always runs to its end. An exception in the work is raised here.
-    """
-    shown: queue.Queue = queue.Queue()
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work(shown.put)
-        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
-            failure.append(error)
-        finally:
-            shown.put(_DONE)
-
-    threading.Thread(target=run, name="studio-render", daemon=True).start()
-    while (value := shown.get()) is not _DONE:
-        yield value
-    if failure:
-        raise failure[0]
