@@ -6,7 +6,8 @@
 from seeded codes, and the report gives, per photo and averaged (docs/method.md#metrics):
 
 - LPIPS diversity of the samples, and their faithfulness-weighted variance (FwV, sigma);
-- best-of-K and mean LPIPS to the true photo, PSNR of the best (by LPIPS) sample;
+- best-of-K and mean LPIPS to the true photo, PSNR of the best (by LPIPS) sample and the
+  mean PSNR of the samples, and the no-model baseline's LPIPS and PSNR;
 - IvO error after a fixed number of steps, and the share of photos it reconstructs
   (MSE under a stated threshold);
 - over all photos: FID and KID (generated samples against the true crops) and PRD's
@@ -49,8 +50,8 @@ REPORT_FORMAT = "chimle-eval/1"
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 
 # Averaged over photos into the summary; in this order in the per-image entries.
-PER_IMAGE_METRICS = ("baseline_lpips", "lpips_diversity", "fwv", "best_lpips", "mean_lpips", "best_psnr",
-                     "colourfulness", "true_colourfulness", "ivo_mse", "ivo_lpips")
+PER_IMAGE_METRICS = ("baseline_lpips", "baseline_psnr", "lpips_diversity", "fwv", "best_lpips", "mean_lpips",
+                     "best_psnr", "mean_psnr", "colourfulness", "true_colourfulness", "ivo_mse", "ivo_lpips")
 # Computed over all photos at once from features; None when there are no features.
 FEATURE_METRICS = ("fid", "kid_mean", "kid_std", "kid_subset_size", "prd_f8", "prd_f1_8",
                    "prd_num_clusters")
@@ -163,6 +164,8 @@ def _sample_metrics(samples: torch.Tensor, observed: torch.Tensor, distance, sig
         "best_lpips": closeness.best,
         "mean_lpips": closeness.mean,
         "best_psnr": _finite_or_none(float(psnr(best, observed)[0])),
+        # What one sample gives, on average: comparable with a deterministic restorer's PSNR.
+        "mean_psnr": _mean([_finite_or_none(float(value)) for value in psnr(samples, observed)]),
         "colourfulness": float(colourfulness(samples).mean()),
         "true_colourfulness": float(colourfulness(observed)[0]),
     }
@@ -242,8 +245,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
         ivo = ivo_error(net, task, distance, x, y, ivo_config, ivo_threshold, ivo_generator)
         # The no-model baseline: the grey photo, the decoded JPEG, the bicubic upscale.
         with torch.inference_mode():
-            baseline = distance(task.input_preview(x, tuple(y.shape[-2:])).clamp(-1, 1), y)
+            unrestored = task.input_preview(x, tuple(y.shape[-2:])).clamp(-1, 1)
+            baseline = distance(unrestored, y)
         per_image.append({"file": names[index], "baseline_lpips": float(baseline[0]),
+                          "baseline_psnr": _finite_or_none(float(psnr(unrestored, y)[0])),
                           **_sample_metrics(samples, y, distance, sigma),
                           "ivo_mse": float(ivo.mse[0]), "ivo_lpips": float(ivo.lpips[0]),
                           "ivo_converged": bool(ivo.converged[0])})
@@ -292,13 +297,14 @@ def _row(report: dict[str, Any]) -> list[str]:
             _cell(s["fid"], 2), kid, _cell(s["prd_f8"], 3), _cell(s["prd_f1_8"], 3),
             _cell(s["lpips_diversity"], 4), _cell(s["fwv"], 3, "g"), _cell(s["baseline_lpips"], 4),
             _cell(s["best_lpips"], 4),
-            _cell(s["mean_lpips"], 4), _cell(s["best_psnr"], 2), _cell(s["ivo_mse"], 5),
+            _cell(s["mean_lpips"], 4), _cell(s.get("baseline_psnr"), 2), _cell(s["best_psnr"], 2),
+            _cell(s.get("mean_psnr"), 2), _cell(s["ivo_mse"], 5),
             f"{s['ivo_converged_rate']:.0%}"]
 
 
 TABLE_HEADER = ("checkpoint", "task", "photos×samples", "FID ↓", "KID ↓", "F_8 ↑", "F_1/8 ↑",
-                "LPIPS div. ↑", "FwV ↑", "no-model LPIPS", "best LPIPS ↓", "mean LPIPS ↓", "best PSNR ↑",
-                "IvO MSE ↓", "IvO converged ↑")
+                "LPIPS div. ↑", "FwV ↑", "no-model LPIPS", "best LPIPS ↓", "mean LPIPS ↓", "no-model PSNR",
+                "best PSNR ↑", "mean PSNR ↑", "IvO MSE ↓", "IvO converged ↑")
 
 
 def markdown_table(reports: list[dict[str, Any]]) -> str:

@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from chimle import evaluate
 from chimle.checkpoint import save_checkpoint
@@ -52,17 +53,18 @@ def test_report_has_every_metric_in_range(tmp_path, held_out):
         {"num_samples": 3, "crop_size": 64, "ivo_steps": 2, "seed": 3}
     assert report["num_images"] == 2
     assert [entry["file"] for entry in report["per_image"]] == ["chelsea.png", "coffee.png"]
-    assert set(report["per_image"][0]) == {"file", "baseline_lpips", "lpips_diversity", "fwv", "best_lpips", "mean_lpips",
-                                           "best_psnr", "colourfulness", "true_colourfulness", "ivo_mse",
+    assert set(report["per_image"][0]) == {"file", "baseline_lpips", "baseline_psnr", "lpips_diversity", "fwv",
+                                           "best_lpips", "mean_lpips", "best_psnr", "mean_psnr", "colourfulness", "true_colourfulness", "ivo_mse",
                                            "ivo_lpips", "ivo_converged"}
     summary = report["summary"]
-    assert set(summary) == {"baseline_lpips", "lpips_diversity", "fwv", "fwv_sigma", "best_lpips", "mean_lpips", "best_psnr",
-                            "colourfulness", "true_colourfulness", "ivo_mse", "ivo_lpips", "ivo_converged_rate", "fid", "kid_mean", "kid_std",
+    assert set(summary) == {"baseline_lpips", "baseline_psnr", "lpips_diversity", "fwv", "fwv_sigma", "best_lpips",
+                            "mean_lpips", "best_psnr", "mean_psnr", "colourfulness", "true_colourfulness", "ivo_mse", "ivo_lpips", "ivo_converged_rate", "fid", "kid_mean", "kid_std",
                             "kid_subset_size", "prd_f8", "prd_f1_8", "prd_num_clusters"}
     for name in ("baseline_lpips", "lpips_diversity", "fwv", "best_lpips", "mean_lpips", "ivo_lpips"):
         assert 0 <= summary[name] < 2, name
     assert summary["best_lpips"] <= summary["mean_lpips"]
     assert 0 < summary["best_psnr"] < 60 and 0 <= summary["ivo_mse"] <= 4
+    assert 0 < summary["mean_psnr"] < 60 and 15 < summary["baseline_psnr"] < 60  # a JPEG at quality 5
     assert summary["ivo_converged_rate"] in (0, 0.5, 1) and summary["fwv_sigma"] == 0.2
     assert summary["fid"] >= 0 and math.isfinite(summary["fid"])
     assert summary["kid_subset_size"] == 2 and summary["kid_std"] >= 0
@@ -151,3 +153,12 @@ def test_a_model_is_evaluated_under_another_degradation_of_its_task(tmp_path, he
     # A quality-90 JPEG is much nearer its photo than a quality-5 one.
     assert at_90["summary"]["baseline_lpips"] < 0.5 * own["summary"]["baseline_lpips"]
     assert any("quality\": 90" in note for note in at_90["notes"])
+
+
+def test_mean_psnr_is_the_average_of_each_samples_psnr(lpips_alex):
+    observed = torch.zeros(1, 3, 32, 32)
+    # Offsets of 0.1 and 0.2 in [-1, 1] are 0.05 and 0.1 in [0, 1]: PSNR 26.02 and 20.00 dB.
+    samples = torch.cat([observed + 0.1, observed + 0.2])
+    metrics = evaluate._sample_metrics(samples, observed, lpips_alex, sigma=0.1)
+    assert metrics["mean_psnr"] == pytest.approx((26.0206 + 20.0) / 2, abs=1e-3)
+    assert metrics["best_psnr"] == pytest.approx(26.0206, abs=1e-3)  # the closer sample is also LPIPS's best

@@ -125,6 +125,9 @@ def figures_section(report: dict, task: str) -> list[str]:
              f"| LPIPS diversity (mean pairwise, per photo) | {summary['lpips_diversity']:.4f} |",
              f"| FwV (sigma {summary['fwv_sigma']}) | {summary['fwv']:.3g} |",
              f"| best PSNR (dB) | {summary['best_psnr']:.2f} |"]
+    if summary.get("mean_psnr") is not None:  # reports from before these were measured lack them
+        lines.append(f"| mean PSNR of the samples / of the baseline (dB) | "
+                     f"{summary['mean_psnr']:.2f} / {summary['baseline_psnr']:.2f} |")
     if summary.get("colourfulness") is not None:
         lines.append(f"| colourfulness of the samples / of the true photos (Hasler and Suesstrunk) | "
                      f"{summary['colourfulness']:.1f} / {summary['true_colourfulness']:.1f} |")
