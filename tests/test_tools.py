@@ -83,3 +83,21 @@ def test_half_precision_measures_the_rounding_and_converts_to_a_file_that_render
     assert converted.metadata["step"] == 7
     for name, tensor in rounded.state_dict().items():
         assert torch.equal(converted.net.state_dict()[name], tensor), name
+
+
+def test_a_report_under_another_degradation_says_so_and_its_command_repeats_it():
+    from tools.model_card import figures_section
+
+    summary = {"baseline_lpips": 0.2, "best_lpips": 0.1, "mean_lpips": 0.15, "lpips_diversity": 0.05, "fwv": 0.01,
+               "fwv_sigma": 0.1, "best_psnr": 30.0, "mean_psnr": 29.5, "baseline_psnr": 28.0, "ivo_mse": 0.01}
+    report = {"checkpoint": "m.safetensors", "num_images": 2, "summary": summary,
+              "per_image": [{"mean_lpips": 0.15, "baseline_lpips": 0.2}, {"mean_lpips": 0.25, "baseline_lpips": 0.2}],
+              "options": {"data": "live1", "crop_size": 256, "max_side": 0, "num_samples": 16, "seed": 0,
+                          "ivo_steps": 0, "ivo_init_samples": 16},
+              "task": {"name": "jpeg", "quality": 20}, "model_task": {"name": "jpeg", "quality": 5, "max_quality": 40}}
+    text = "\n".join(figures_section(report, "jpeg"))
+    assert 'inputs degraded as `{"name": "jpeg", "quality": 20}`' in text
+    assert "--task-params '{\"quality\": 20}'" in text and "| 29.50 / 28.00 |" in text
+    assert "1 of 2" in text
+    report["task"] = report["model_task"]
+    assert "degraded as" not in "\n".join(figures_section(report, "jpeg"))

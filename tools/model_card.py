@@ -113,8 +113,12 @@ def figures_section(report: dict, task: str) -> list[str]:
     summary, options = report["summary"], report["options"]
     what = (f"{options['crop_size']} px center crops" if options.get("crop_size") else "whole photos")
     size = " at their own size" if options.get("max_side") == 0 else ""
+    # A report made with `eval --task-params` degraded its inputs otherwise than in training.
+    degraded = report.get("task")
+    under = (f", inputs degraded as `{json.dumps(degraded)}`"
+             if degraded and degraded != report.get("model_task", degraded) else "")
     lines = [f"## Figures on `{options['data']}` ({report['num_images']} photos, {what}{size}, "
-             f"{options['num_samples']} samples each, seed {options['seed']})", "",
+             f"{options['num_samples']} samples each, seed {options['seed']}{under})", "",
              "| metric | value |", "|---|---|",
              f"| no-model baseline LPIPS ({NO_MODEL_BASELINE[task]}) | {summary['baseline_lpips']:.4f} |",
              f"| best-of-{options['num_samples']} LPIPS to the true photo | {summary['best_lpips']:.4f} |",
@@ -144,7 +148,9 @@ def figures_section(report: dict, task: str) -> list[str]:
     crop = options.get("crop_size") or 0
     lines += ["", f"Measured with `python -m chimle eval --checkpoint {report['checkpoint']} --data {options['data']} "
               f"--num-samples {options['num_samples']} --crop-size {crop} --max-side {options.get('max_side', 512)} "
-              f"--ivo-steps {options['ivo_steps']} --out REPORT.json`.", ""]
+              f"--ivo-steps {options['ivo_steps']}"
+              + (f" --task-params '{json.dumps({k: v for k, v in degraded.items() if k != 'name'})}'" if under else "")
+              + " --out REPORT.json`.", ""]
     return lines
 
 
