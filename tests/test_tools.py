@@ -101,3 +101,19 @@ def test_a_report_under_another_degradation_says_so_and_its_command_repeats_it()
     assert "1 of 2" in text
     report["task"] = report["model_task"]
     assert "degraded as" not in "\n".join(figures_section(report, "jpeg"))
+
+
+def test_the_jpeg_table_orders_qualities_and_refuses_a_blind_report():
+    from tools.jpeg_table import jpeg_table
+
+    def report(quality, psnr):
+        summary = {"baseline_psnr": psnr - 1, "baseline_lpips": 0.3, "mean_psnr": psnr, "mean_lpips": 0.2,
+                   "best_psnr": psnr + 0.5, "best_lpips": 0.15}
+        return {"checkpoint": "m", "num_images": 29, "summary": summary, "task": {"name": "jpeg", "quality": quality}}
+
+    rows = jpeg_table([report(30, 31.0), report(10, 27.0)]).splitlines()
+    assert rows[2].startswith("| 10 | 29 | 26.00 / 0.3000 | 27.00 / 0.2000 | 27.50 / 0.1500 | 25.69 / 27.77 |")
+    assert rows[3].startswith("| 30 |")
+    blind = report(20, 29.0) | {"task": {"name": "jpeg", "quality": 5, "max_quality": 40}}
+    with pytest.raises(ValueError, match="one JPEG quality"):
+        jpeg_table([blind])
