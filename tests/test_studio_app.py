@@ -423,6 +423,10 @@ def test_paint_handlers_update_the_paint_panel_and_the_edited_levels_widgets(tmp
     layer = np.zeros((64, 64, 4), np.uint8)
     layer[:16, :16] = (200, 30, 30, 255)
     value = {"background": None, "layers": [layer], "composite": None}
+    # Each stroke is acknowledged; before a photo there is nothing to say.
+    assert studio.painted(session, value) == {page.paint.status: "Painted 6% of the result, within 16 x 16 px: "
+                                                                 "**Re-draw region** or **Find colours**."}
+    assert studio.painted(None, value) == {page.paint.status: ""}
     redrawn = studio.redraw_region(False, session, value, 1, 0, 0.5)
     assert set(redrawn) == set(page.editor) | set(page.levels[1].outputs) | set(page.paint.outputs)
     assert redrawn[page.paint.level]["value"] == 1  # the chosen level stays chosen

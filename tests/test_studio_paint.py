@@ -185,3 +185,17 @@ def test_colour_hints_find_a_closer_code_live_and_stop_keeps_it(session, model):
     fresh.set_input(model, photo("astronaut", PHOTO_SIZE), 256)
     with pytest.raises(StudioError, match="colour strokes"):
         next(fresh.find_colour_hints(model, None, None, config))
+
+
+def test_what_is_painted_is_described_by_its_share_and_box():
+    from chimle.studio.paint import describe_strokes
+
+    background = np.full((6, 8, 4), 90, np.uint8)
+    strokes = strokes_from_editor({"background": background, "layers": [_layer()], "composite": None}, (6, 8))
+    # 6 opaque pixels and one half-opaque of 48; columns 2..6, rows 1..4.
+    assert describe_strokes(strokes).startswith("Painted 14% of the result, within 5 x 4 px")
+    assert describe_strokes(None).startswith("Nothing painted yet")
+    dot = np.zeros((100, 100, 4), np.uint8)
+    dot[50, 60] = (200, 30, 30, 255)
+    tiny = strokes_from_editor({"background": np.zeros((100, 100, 4), np.uint8), "layers": [dot]}, (100, 100))
+    assert describe_strokes(tiny).startswith("Painted under 1% of the result, within 1 x 1 px")

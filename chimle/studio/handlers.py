@@ -39,7 +39,7 @@ from .batches import BatchError, run_photo_batch
 from .models import MODELS, LoadedModel, default_model, find_models, read_task_name
 from .security import (TrainingPolicy, UnsafePathError, ZipLimits, confine_data_folder, data_folders,
                        extract_images_zip)
-from .paint import canvas, strokes_from_editor
+from .paint import canvas, describe_strokes, strokes_from_editor
 from .previews import PreviewFiles
 from .render_thread import RENDERS
 from .session import RenderReport, StudioError, StudioSession, fresh_seed
@@ -526,6 +526,13 @@ class Studio:
             with contextlib.suppress(*USER_ERRORS):
                 model = MODELS.get(session.model_path)
         return self.paint_values(session, model, "", level if isinstance(level, int) else None)
+
+    def painted(self, session: StudioSession | None, painted: dict | None) -> Updates:
+        """The user painted on the editor: say what (never an error; the buttons say what is missing)."""
+        session = self._session(session)
+        with contextlib.suppress(*USER_ERRORS):  # no photo yet, or an unreadable canvas
+            return {self.explore.paint.status: describe_strokes(self._strokes(session, painted))}
+        return {self.explore.paint.status: ""}
 
     def _strokes(self, session: StudioSession, painted: dict | None):
         return strokes_from_editor(painted, session.require_input().crop)

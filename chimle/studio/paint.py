@@ -91,6 +91,22 @@ def strokes_from_editor(value: dict | None, size: tuple[int, int]) -> Strokes | 
     return Strokes(mask, colours)
 
 
+def describe_strokes(strokes: Strokes | None) -> str:
+    """What the user has painted, in words: the share of the result and the box it spans.
+
+    Shown after every stroke, so the user sees that the editor took it (and a browser test
+    can wait for the strokes to have reached the server before pressing a button).
+    """
+    if strokes is None:
+        return "Nothing painted yet: paint a region to re-draw, or colour strokes as hints."
+    painted = strokes.mask > 0
+    rows, columns = painted.any(1).nonzero()[:, 0], painted.any(0).nonzero()[:, 0]
+    height, width = int(rows[-1] - rows[0]) + 1, int(columns[-1] - columns[0]) + 1
+    share = float(strokes.mask.mean())
+    return (f"Painted {f'{share:.0%}' if share >= 0.01 else 'under 1%'} of the result, within {width} x {height} px: "
+            f"**Re-draw region** or **Find colours**.")
+
+
 def canvas(image: Image.Image | None) -> dict | None:
     """An editor value that shows `image` with nothing painted on it."""
     if image is None:
