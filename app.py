@@ -341,7 +341,8 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
             generate.click(on_render(studio.generate), [state, num_samples, seed, randomise_seed],
                            [*editor, *controls, gallery, seed], api_name="generate", **render)]
         more.click(on_render(studio.more), [state, num_samples], [state, gallery, status], api_name="more", **render)
-        picked.append(gallery.select(on_render(studio.select), state, [*editor, *controls], api_name="select_sample", **render))
+        picked.append(gallery.select(on_render(studio.select), state, [*editor, *controls], api_name="select_sample",
+                                     **render))
         # The same for API clients, which cannot send a gallery click (README, "Using the studio from Python").
         picked.append(pick_sample.click(on_render(studio.pick_sample), [state, sample_index], [*editor, *controls],
                                         api_name="pick_sample", **render))
@@ -351,8 +352,8 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
             gr.on([slider.input for slider in widgets.sliders], functools.partial(studio.edit_level, level),
                   [state, renormalise, *widgets.sliders], editor, api_name=f"edit_level_{number}",
                   trigger_mode="always_last", show_progress="hidden", **render)
-            widgets.randomise.click(on_render(functools.partial(studio.randomise_level, level)), state, [*editor, *controls],
-                                    api_name=f"randomise_level_{number}", **render)
+            widgets.randomise.click(on_render(functools.partial(studio.randomise_level, level)), state,
+                                    [*editor, *controls], api_name=f"randomise_level_{number}", **render)
             widgets.reset.click(on_render(functools.partial(studio.reset_level, level)), state, [*editor, *controls],
                                 api_name=f"reset_level_{number}", **render)
             widgets.lock.input(functools.partial(studio.lock_level, level), [state, widgets.lock], [state, status],
@@ -360,7 +361,8 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
         randomise_unlocked.click(on_render(studio.randomise_unlocked), state, [*editor, *controls],
                                  api_name="randomise_unlocked", **render)
 
-        reference.change(on_render(studio.set_reference), [state, reference], editor, api_name="set_reference", **render)
+        reference.change(on_render(studio.set_reference), [state, reference], editor, api_name="set_reference",
+                         **render)
         save.click(studio.save, state, [downloads_file, status], api_name="save", **render)
         # One batch at a time across users: every photo is rendered at its own size.
         run_batch.click(studio.batch, [state, model, batch_files, max_side, seed], [state, batch_result, batch_status],
@@ -384,10 +386,10 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                            show_progress="hidden", trigger_mode="always_last",
                            concurrency_id="paint", concurrency_limit=None)
         region_inputs = [state, paint_editor, region_level, region_seed, region_amount]
-        redraw_region.click(on_render(functools.partial(studio.redraw_region, False)), region_inputs, [*editor, *controls, *paint],
-                            api_name="redraw_region", **render)
-        blend_region.click(on_render(functools.partial(studio.redraw_region, True)), region_inputs, [*editor, *controls, *paint],
-                           api_name="blend_region", **render)
+        redraw_region.click(on_render(functools.partial(studio.redraw_region, False)), region_inputs,
+                            [*editor, *controls, *paint], api_name="redraw_region", **render)
+        blend_region.click(on_render(functools.partial(studio.redraw_region, True)), region_inputs,
+                           [*editor, *controls, *paint], api_name="blend_region", **render)
         # Shares the reconstruction's queue: both take gradients through the model.
         hints_event = find_colours.click(studio.colour_hints, [state, paint_editor, hint_steps, hint_space],
                                          [*editor, *controls, *paint], api_name="colour_hints", concurrency_id="ivo",
