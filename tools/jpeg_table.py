@@ -56,9 +56,10 @@ def jpeg_table(reports: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("reports", nargs="+", help="eval reports (JSON), one per JPEG quality")
+    parser.add_argument("reports", nargs="+", help="files of `python -m chimle eval --out`, one per JPEG quality")
     args = parser.parse_args()
-    print(jpeg_table([json.loads(Path(path).read_text()) for path in args.reports]))
+    # `eval --out` writes {"format": ..., "reports": [one per checkpoint]}.
+    print(jpeg_table([report for path in args.reports for report in json.loads(Path(path).read_text())["reports"]]))
 
 
 if __name__ == "__main__":
