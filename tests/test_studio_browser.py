@@ -1,5 +1,5 @@
 """The studio in real headless Chromium: load the page, draw samples, move a slider; save at full
-size; screenshot each.
+size, re-draw a painted region and find colours from painted hints; screenshot each.
 
 Needs Debian's chromium (`apt-get install -y chromium`) and Python's playwright
 (`pip install playwright`; its own browser download is not used). Screenshots are written
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 120_000  # the page works on two shared CPU cores
 ERROR_TOAST = "[data-testid=toast-body].error"  # how the page shows a handler's gr.Error
+HINT_COLOUR = "rgb(40, 90, 200)"  # the blue of app.py's brush palette
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 single_thread = pytest.fixture(scope="module")(one_torch_thread)
@@ -130,7 +132,29 @@ def _src(page, selector: str, index: int = 0) -> str:
     return page.locator(selector).nth(index).evaluate("img => img.src")
 
 
-def test_full_size_save_in_chromium(running_app, tmp_path):
+def _stroke(page, row: float) -> None:
+    """A horizontal brush stroke across the paint editor's canvas, `row` down its height, then a
+    wait for the page to acknowledge it (the server has the strokes).
+
+    The editor fits the picture into the canvas, centred, so the canvas's middle is on the
+    picture. With no upload source the brush is the editor's tool from the start: pressing its
+    button opens the brush options over the canvas instead.
+    """
+    status = page.locator("#paint-status").inner_text()
+    canvas = page.locator("#paint-editor canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    y = box["y"] + box["height"] * row
+    page.mouse.move(box["x"] + box["width"] * 0.35, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.65, y, steps=12)
+    page.mouse.up()
+    page.wait_for_function(
+        "before => { const text = document.querySelector('#paint-status')?.innerText ?? '';"
+        " return text.startsWith('Painted') && text !== before; }", arg=status)
+
+
+def test_full_size_save_region_redraw_and_colour_hints_in_chromium(running_app, tmp_path):
     upload = tmp_path / "photo-300x240.png"
     photo("coffee", (300, 240)).save(upload)  # larger than the working size (256, the app's default)
     shots = tmp_path / "screenshots"
@@ -154,6 +178,44 @@ def test_full_size_save_in_chromium(running_app, tmp_path):
         assert saved.shape[:2] == (240, 300)
         assert _fetch_pixels(page, _src(page, "#result img")).shape[1] == 256
         page.screenshot(path=str(shots / "4-full-size.png"), full_page=True)
-    assert (shots / "4-full-size.png").stat().st_size > 10_000
+
+        # Region re-draw: the current result into the editor, a stroke, level 2 re-drawn under it.
+        page.get_by_role("button", name="↻ Paint on the current result", exact=True).click()
+        _wait_for_text(page, "#paint-status", "Paint a region to re-draw")
+        page.locator("#region-level input").click()
+        page.get_by_role("option", name=re.compile("Level 2:")).click()
+        page.wait_for_function("() => document.querySelector('#region-level input')?.value.startsWith('Level 2:')")
+        _stroke(page, 0.5)
+        before, strip_before = _src(page, "#result img"), [_src(page, "#level-strip img", i) for i in range(3)]
+        result_before = _fetch_pixels(page, before)
+        levels_before = [_fetch_pixels(page, src) for src in strip_before]
+        page.get_by_role("button", name="Re-draw region", exact=True).click()
+        _wait_for_text(page, "#paint-status", "Level 2's local code under the painted region re-drawn")
+        page.wait_for_function("before => document.querySelector('#result img')?.src !== before", arg=before)
+        levels_after = [_fetch_pixels(page, _src(page, "#level-strip img", i)) for i in range(3)]
+        assert not np.array_equal(_fetch_pixels(page, _src(page, "#result img")), result_before)
+        assert np.array_equal(levels_after[0], levels_before[0])  # the coarser level is untouched
+        assert not np.array_equal(levels_after[1], levels_before[1])
+        page.screenshot(path=str(shots / "5-region-redraw.png"), full_page=True)
+
+        # Colour hints: blue chosen in the editor's palette, a stroke, ten optimisation steps.
+        page.locator("#hint-steps input[type=range]").fill("10")
+        page.wait_for_function("() => document.querySelector('#hint-steps input[type=number]')?.value === '10'")
+        page.locator("#paint-editor").get_by_role("button", name="Color", exact=True).click()
+        page.locator(f"menu.swatch button.color[style*='{HINT_COLOUR}']").click()
+        # The palette closes on a press outside it; a press on the canvas would only close it.
+        page.locator("#paint").get_by_text("paint strokes of the colours you want").click()
+        page.locator("menu.swatch").first.wait_for(state="hidden")
+        _stroke(page, 0.4)
+        before = _src(page, "#result img")
+        result_before = _fetch_pixels(page, before)
+        page.get_by_role("button", name="Find colours", exact=True).click()
+        _wait_for_text(page, "#paint-status", "(done:")
+        assert "Step 10/10" in page.locator("#paint-status").inner_text()
+        page.wait_for_function("before => document.querySelector('#result img')?.src !== before", arg=before)
+        assert not np.array_equal(_fetch_pixels(page, _src(page, "#result img")), result_before)
+        page.screenshot(path=str(shots / "6-colour-hints.png"), full_page=True)
+    names = ("4-full-size.png", "5-region-redraw.png", "6-colour-hints.png")
+    assert all((shots / name).stat().st_size > 10_000 for name in names)
     print(f"screenshots: {shots}")
     shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
