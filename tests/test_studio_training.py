@@ -296,7 +296,9 @@ def test_the_train_tab_offers_the_tasks_default_model_and_fixes_its_preset(tmp_p
     assert form[page.start_from]["choices"][-1] == SCRATCH
     assert (form[page.preset]["value"], form[page.preset]["interactive"]) == ("cpu", False)
     jpeg = studio.choose_task("jpeg")
-    assert jpeg[page.start_from]["value"] == str(SHIPPED / "jpeg-q1-cpu.safetensors")
+    assert jpeg[page.start_from]["value"] == str(SHIPPED / "jpeg-blind-cpu.safetensors")
+    blind = studio._starting_model("jpeg", jpeg[page.start_from]["value"])
+    assert blind.options.input_skip and "--input-skip" in blind.options.arguments()  # its sizes, as built
     assert (jpeg[page.preset]["value"], jpeg[page.preset]["interactive"]) == ("cpu", False)
     paired = studio.choose_task("night_to_day")  # no shipped model: a new one
     assert paired[page.start_from]["choices"] == [SCRATCH]
