@@ -20,7 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
-# quality -> (decoded JPEG PSNR, FBCNN PSNR) in dB, colour LIVE1, as printed in FBCNN's paper.
+# quality -> (decoded JPEG PSNR, FBCNN PSNR) in dB, colour LIVE1, transcribed from FBCNN's paper
+# (not from a file of its authors: check them against the paper before quoting them).
 FBCNN_LIVE1 = {10: (25.69, 27.77), 20: (28.06, 30.11), 30: (29.37, 31.43)}
 FBCNN_CITATION = "FBCNN (Jiang et al., ICCV 2021), colour LIVE1, whole photos"
 
