@@ -434,7 +434,9 @@ def test_paint_handlers_update_the_paint_panel_and_the_edited_levels_widgets(tmp
     updates = list(studio.colour_hints(session, value, 5, "rgb"))
     assert set(updates[0]) == {page.paint.status}  # at once, before the search
     assert [u[page.paint.status].split(":")[0] for u in updates[1:]] == ["Step 0/5", "Step 5/5"]
-    assert set(updates[-1]) == set(page.editor) | set(page.controls) | set(page.paint.outputs)
+    # The editor shows the found result; the region level chosen before stays chosen (not sent).
+    assert set(updates[-1]) == set(page.editor) | set(page.controls) | (set(page.paint.outputs) - {page.paint.level})
+    assert updates[-1][page.paint.editor]["layers"] == []
     with pytest.raises(gr.Error, match="choose the level"):
         studio.redraw_region(False, session, value, None, 0, 0.5)
     # A newly picked result refreshes the paint panel, keeping the chosen level, and never fails.

@@ -567,7 +567,8 @@ class Studio:
         """Find the code whose result has the painted colours, streaming: search, then IvO on the strokes.
 
         Each report updates the paint panel's message and the editor; the sliders start from
-        the found code; at the end the paint editor shows the result, nothing painted.
+        the found code; at the end the paint editor shows the result, nothing painted, and the
+        region level is left as it was.
         """
         session = self._session(session)
         with user_errors():
@@ -592,7 +593,9 @@ class Studio:
                 if not updates_seen or done:
                     updates |= self.control_values(session, model)
                 if done:
-                    updates |= self.paint_values(session, model, text, None)
+                    # The same photo, so the same levels: the region level stays as the user chose it.
+                    final = self.paint_values(session, model, text, None)
+                    updates |= {key: value for key, value in final.items() if key is not self.explore.paint.level}
                 updates_seen = True
                 yield updates
 
