@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 python -m benchmarks.sample_efficiency
         [--checkpoint checkpoints/colourization-cpu.safetensors] [--data data/demo/held_out]
-        [--crop-size 64] [--images 2] [--max-samples 10000] [--seeds 8] [--out benchmarks/results]
+        [--crop-size 64] [--images 2] [--max-side 512] [--max-samples 10000] [--seeds 8]
+        [--out benchmarks/results]
 
 On held-out photos (center crops), with a trained checkpoint:
 
@@ -48,6 +49,7 @@ from benchmarks.render_speed import count_flops, inference_copy
 from chimle.checkpoint import load_checkpoint
 from chimle.codes import LatentCodes
 from chimle.data import DEFAULT_MAX_SIDE, ImageCorpus, PairedCorpus, validation_batch
+from chimle.fileio import atomic_write_text
 from chimle.imageops import resize
 from chimle.model import TowerImplicitModel
 from chimle.perceptual import MIN_IMAGE_SIZE, load_perceptual_distance
@@ -406,6 +408,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8, help="CHIMLE and ablation runs per image")
     parser.add_argument("--budget", type=int, nargs="+", default=list(TRAINING_BUDGET),
                         help="CHIMLE samples per level (the training budget)")
+    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                        help="photos fitted to this side before the crop; 0: their own size (as eval --max-side 0)")
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
@@ -414,10 +418,11 @@ def main() -> None:
     # Weight norm folded and channels-last: the same outputs to float rounding (render_speed.py).
     net, task = inference_copy(checkpoint.net), checkpoint.task
     distance = UpsampledDistance(load_perceptual_distance("alex"), MIN_IMAGE_SIZE["alex"])
-    batch, files = held_out_batch(task, args.data, args.crop_size, args.images)
+    batch, files = held_out_batch(task, args.data, args.crop_size, args.images, args.max_side)
     sizes = [2 * h for h, _ in net.code_shape((args.crop_size, args.crop_size)).local_sizes]
     upsampled = [s for s in sizes if s < MIN_IMAGE_SIZE["alex"]]
-    settings = (f"{Path(args.checkpoint).name}, {len(files)} held-out photos, {args.crop_size} px center crops, "
+    fitted = "at their own size" if args.max_side == 0 else f"fitted to {args.max_side} px"
+    settings = (f"{Path(args.checkpoint).name}, {len(files)} held-out photos {fitted}, {args.crop_size} px center crops, "
                 f"cIMLE {args.max_samples:,} samples per photo, CHIMLE budget {tuple(args.budget)}, "
                 f"{args.seeds} seeds, LPIPS-alex, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print(f"settings: {settings}")
@@ -428,12 +433,13 @@ def main() -> None:
     result = run_sample_efficiency(net, task, distance, batch.x, batch.y, args.max_samples, args.budget,
                                    args.seeds, args.chunk_size, progress=lambda m: print(m, flush=True))
     result.update(settings=settings, checkpoint=args.checkpoint, photos=files, crop_size=args.crop_size,
+                  max_side=args.max_side,
                   level_output_sizes=sizes, scored_upsampled_to=MIN_IMAGE_SIZE["alex"] if upsampled else None,
                   threads=torch.get_num_threads(), machine=f"{platform.machine()} {platform.processor()}".strip(),
                   date=time.strftime("%Y-%m-%d"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sample_efficiency.json").write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "sample_efficiency.json", json.dumps(result, indent=1) + "\n")
     chimle = result["variants"][0]
     factor = chimle["cimle_samples_to_match"]
     print()
