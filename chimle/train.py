@@ -287,7 +287,8 @@ def _build_model(config: TrainConfig, task: Task, resumed: RunPaths | None = Non
     state, and the legs its config.json recorded: the init_from file may have changed since.
 
     Raises:
-        ValueError: the init_from model is for another task, or its sizes are not the ones
+        ValueError: the init_from model is for another task (its parameters, say the JPEG
+            quality, may differ), or its sizes are not the ones
             this run's preset and semantic prior build (say which; a silent switch of
             architecture would make the run's config.json lie).
     """
@@ -296,9 +297,9 @@ def _build_model(config: TrainConfig, task: Task, resumed: RunPaths | None = Non
         return TowerImplicitModel(wanted), _read_config(resumed).get("lineage_before", [])
     if not config.init_from:
         return TowerImplicitModel(wanted), []
+    # Same task, and the parameters may differ: a model of blind JPEG (qualities 5 to 40) is a
+    # good start for quality 1. The lineage keeps each leg's own task parameters.
     source = load_checkpoint(config.init_from, expected_task=task.name)
-    if source.task != task:
-        raise ValueError(f"{config.init_from} was trained for {source.task.to_dict()}, not {task.to_dict()}")
     if source.net.config != wanted:
         have, want = dataclasses.asdict(source.net.config), dataclasses.asdict(wanted)
         differences = {k: (v, want[k]) for k, v in have.items() if v != want[k]}

@@ -442,6 +442,16 @@ def test_paint_handlers_update_the_paint_panel_and_the_edited_levels_widgets(tmp
     # A newly picked result refreshes the paint panel, keeping the chosen level, and never fails.
     refreshed = studio.refresh_paint(session, 0)
     assert refreshed[page.paint.level]["value"] == 0 and refreshed[page.paint.editor]["layers"] == []
+    # The editor's image is a preview file, written once: sending the same result again does not
+    # rewrite it (Gradio's cache rewrote it in place while the page fetched it).
+    shown = Path(refreshed[page.paint.editor]["background"])
+    assert shown.parent == studio.downloads.previews(session).folder
+    written = shown.stat()
+    again = studio.refresh_paint(session, 0)[page.paint.editor]
+    assert again["background"] == again["composite"] == str(shown)
+    assert (shown.stat().st_ino, shown.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    with Image.open(shown) as image:
+        assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(session.result_image().convert("RGB")))
     assert studio.refresh_paint(None, None)[page.paint.editor] is None
 
 

@@ -47,11 +47,20 @@ def chromium_page(tmp_path: Path):
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
             viewport={"width": 1400, "height": 1000})
+        # What the page logged and which of its requests failed: printed, so a failing test's
+        # captured output says what the browser saw (a stroke the editor lost, a missing image).
+        page_log: list[str] = []
         try:
             page = context.new_page()
             page.set_default_timeout(TIMEOUT_MS)
+            page.on("console", lambda message: message.type == "error"
+                    and page_log.append(f"console {message.type}: {message.text}"))
+            page.on("pageerror", lambda error: page_log.append(f"page error: {error}"))
+            page.on("response", lambda response: response.status >= 400
+                    and page_log.append(f"HTTP {response.status}: {response.request.method} {response.url}"))
             yield page
         finally:
+            print("\n".join(["browser log:", *page_log]) if page_log else "browser log: empty")
             context.close()
 
 
@@ -138,21 +147,40 @@ def _stroke(page, row: float, attempts: int = 3) -> None:
 
     The editor fits the picture into the canvas, centred, so the canvas's middle is on the
     picture. With no upload source the brush is the editor's tool from the start: pressing its
-    button opens the brush options over the canvas instead. A stroke the editor did not take
-    (seen once in CI, after the colour palette closed, and never since) is painted again, as a
-    user would; one that is never acknowledged fails with what the page showed.
+    button opens the brush options over the canvas instead. The stroke waits until the canvas
+    itself is under both of its ends (nothing drawn over it, no layout still moving). A stroke
+    the editor did not take (seen twice in CI, never here) is painted again, with the brush
+    chosen if it is not the tool, as a user would; each attempt prints what the page had, and
+    one never acknowledged fails with it.
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # installed: chromium_page checked
 
     status = page.locator("#paint-status").inner_text()
+    editor = page.locator("#paint-editor")
     for attempt in range(1, attempts + 1):
-        canvas = page.locator("#paint-editor canvas").first
+        canvas = editor.locator("canvas").first
         canvas.scroll_into_view_if_needed()
         box = canvas.bounding_box()
         y = box["y"] + box["height"] * row
-        page.mouse.move(box["x"] + box["width"] * 0.35, y)
+        ends = [[box["x"] + box["width"] * share, y] for share in (0.35, 0.65)]
+        try:
+            page.wait_for_function(
+                "ends => { const canvas = document.querySelector('#paint-editor canvas');"
+                " return ends.every(([x, y]) => document.elementFromPoint(x, y) === canvas); }", arg=ends,
+                timeout=20_000)
+        except PlaywrightTimeoutError:
+            pass  # painted anyway: the print below says what covered the canvas
+        # The brush's own buttons (colour, size) show only while the brush is the tool.
+        brush = editor.get_by_role("button", name="Color", exact=True).is_visible()
+        under = page.evaluate("([x, y]) => { const e = document.elementFromPoint(x, y);"
+                              " return e ? `${e.tagName} ${e.className}` : 'nothing'; }", ends[0])
+        print(f"stroke {attempt} at {row:.0%}: tool {'brush' if brush else 'not the brush'}, under it {under!r}, "
+              f"canvases in the editor: {editor.locator('canvas').count()}")
+        if not brush:
+            editor.get_by_role("button", name="Brush", exact=True).click()
+        page.mouse.move(*ends[0])
         page.mouse.down()
-        page.mouse.move(box["x"] + box["width"] * 0.65, y, steps=12)
+        page.mouse.move(*ends[1], steps=12)
         page.mouse.up()
         try:
             page.wait_for_function(

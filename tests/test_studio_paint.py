@@ -69,8 +69,7 @@ def test_nothing_painted_is_none_and_a_canvas_shows_the_image_unpainted():
     empty = np.zeros((6, 8, 4), np.uint8)
     assert strokes_from_editor({"background": empty, "layers": [empty], "composite": empty}, (6, 8)) is None
     assert strokes_from_editor(None, (6, 8)) is None
-    image = Image.new("RGB", (8, 6))
-    assert canvas(image) == {"background": image, "layers": [], "composite": image}
+    assert canvas("result.png") == {"background": "result.png", "layers": [], "composite": "result.png"}
     assert canvas(None) is None
 
 

@@ -142,6 +142,11 @@ def test_init_options_name_the_preset_and_semantic_prior_that_build_a_model(phot
     config = quick_config(photo_folders["plain"], init_from=str(skip_path), task="jpeg",
                           task_params={"quality": 3}, preset="tiny", semantic_prior="none", input_skip=True)
     _build_model(config, config.build_task())
+    # Another quality of the same task starts from the weights (blind JPEG to quality 1).
+    quality_one = dataclasses.replace(config, task_params={"quality": 1})
+    net, _ = _build_model(quality_one, quality_one.build_task())
+    skip_weights = load_checkpoint(skip_path).net.state_dict()
+    assert all(torch.equal(net.state_dict()[name], tensor) for name, tensor in skip_weights.items())
     with pytest.raises(ValueError, match="input_skip"):
         without = dataclasses.replace(config, input_skip=False)
         _build_model(without, without.build_task())

@@ -507,7 +507,9 @@ class Studio:
                                 f"{region_reach(model.net.config, index)} px", index))
         if level is None or not 0 <= level < len(choices):
             level = len(choices) - 1 if choices else None
-        return {page.editor: canvas(session.result_image()), page.level: gr.update(choices=choices, value=level),
+        result = session.result_image()
+        image_file = self.downloads.previews(session).path(result) if result is not None else None
+        return {page.editor: canvas(image_file), page.level: gr.update(choices=choices, value=level),
                 page.status: message}
 
     def paint_current(self, session: StudioSession | None) -> Updates:

@@ -107,8 +107,15 @@ def describe_strokes(strokes: Strokes | None) -> str:
             f"**Re-draw region** or **Find colours**.")
 
 
-def canvas(image: Image.Image | None) -> dict | None:
-    """An editor value that shows `image` with nothing painted on it."""
-    if image is None:
+def canvas(image_file: str | None) -> dict | None:
+    """An editor value that shows the image in `image_file` with nothing painted on it.
+
+    A file, not a PIL image: Gradio saves a PIL image into its cache by rewriting the file
+    named by its content in place, once for the background and once for the composite, and
+    again each time the same result is sent, while the page may be fetching it. The editor
+    then loaded half a file and took no strokes (in CI). The studio's preview files are
+    written once each, atomically (`previews.PreviewFiles`).
+    """
+    if image_file is None:
         return None
-    return {"background": image, "layers": [], "composite": image}
+    return {"background": image_file, "layers": [], "composite": image_file}
