@@ -104,9 +104,23 @@ def _cropped(prepared: PreparedInput, image: torch.Tensor) -> torch.Tensor:
     return image[..., :crop_h, :crop_w].clamp(-1, 1)
 
 
+def semantic_context(net: TowerImplicitModel, prepared: PreparedInput) -> list[torch.Tensor] | None:
+    """The semantic prior's maps of the prepared input (None for a model without the prior).
+
+    They depend on the photo alone, not on the code, and take about a third of a full
+    render's time: a caller that renders one input many times (the studio) computes them
+    once and passes them to `render`.
+    """
+    if net.semantic is None:
+        return None
+    with torch.inference_mode():
+        return net.encode(prepared.x, net.code_shape(prepared.output_size).local_sizes)
+
+
 def render(net: TowerImplicitModel, task: Task, prepared: PreparedInput, codes: LatentCodes,
            reuse: Render | None = None, start_level: int = 0, as_result: bool = False,
-           upto: int | None = None, map_levels: str = "all") -> tuple[list[torch.Tensor], Render]:
+           upto: int | None = None, map_levels: str = "all",
+           context: list[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], Render]:
     """Every level's RGB image, padding cropped away, and the render for later reuse.
 
     Args:
@@ -118,6 +132,8 @@ def render(net: TowerImplicitModel, task: Task, prepared: PreparedInput, codes: 
         map_levels: which levels' outputs become images: "all", "new" (the levels this call
             rendered, from `start_level`: the caller keeps its images of the reused ones) or
             "final" (the last level alone: a gallery needs no partial outputs).
+        context: `semantic_context(net, prepared)`, computed once for many renders; by default
+            taken from `reuse`, else computed.
 
     Returns:
         (images, render): images[l] is (B, 3, h_l, w_l) in [-1, 1], for the levels
@@ -125,8 +141,10 @@ def render(net: TowerImplicitModel, task: Task, prepared: PreparedInput, codes: 
     """
     x = prepared.x.expand(codes.batch_size, -1, -1, -1)
     to_rgb = task.to_result_rgb if as_result else task.to_rgb
+    if context is not None:
+        context = [maps.expand(codes.batch_size, -1, -1, -1) for maps in context]
     with torch.inference_mode():
-        result = net.render(x, codes, upto=upto, reuse=reuse, start_level=start_level)
+        result = net.render(x, codes, upto=upto, reuse=reuse, start_level=start_level, context=context)
         outputs = {"all": result.outputs, "new": result.outputs[start_level:],
                    "final": result.outputs[-1:]}[map_levels]
         images = [_cropped(prepared, to_rgb(x, output)) for output in outputs]

@@ -310,3 +310,37 @@ def test_only_a_slow_full_render_streams_and_only_for_levels_with_finer_ones(ses
     assert not any(session.streams_coarse_first(level) for level in range(3))
     session.full_render_seconds = session_module.COARSE_FIRST_ABOVE_SECONDS * 2
     assert [session.streams_coarse_first(level) for level in range(3)] == [True, True, False]
+
+
+def test_the_semantic_maps_are_computed_once_per_photo_and_change_no_pixel(tmp_path, monkeypatch):
+    """The prior's maps depend on the photo alone: the gallery and every edit reuse one
+    computation, and give the pixels of renders that compute them afresh."""
+    from chimle.checkpoint import save_checkpoint
+    from chimle.config import preset
+    from chimle.model import TowerImplicitModel
+    from chimle.pipeline import render
+    from chimle.tasks import make_task
+
+    task = make_task("colourization")
+    torch.manual_seed(0)
+    path = tmp_path / "prior.safetensors"
+    save_checkpoint(path, TowerImplicitModel(preset("tiny", 1, 2, semantic_encoder="alexnet")).eval(), task)
+    model = ModelCache(capacity=1).get(path)
+    calls = []
+    encode = model.net.encode
+    monkeypatch.setattr(model.net, "encode", lambda *args: calls.append(args[0].shape) or encode(*args))
+    session = StudioSession()
+    session.set_input(model, photo("astronaut", (64, 48)), 64)
+    session.draw_samples(model, 6, seed=1)  # two chunks of the gallery, then the first sample's levels
+    for level in range(model.num_levels):
+        session.edit_level(model, level, LevelEdit(global_seed=level + 2, global_blend=0.5))
+    assert len(calls) == 1 and calls[0][0] == 1
+    afresh, _ = render(model.net, model.task, session.prepared, session.current, as_result=True)
+    assert all(torch.equal(a, b) for a, b in zip(afresh, session.level_images))
+    gallery = session_module.gallery_images(model, session.prepared, session.samples)  # maps computed again
+    assert [np.asarray(image).tobytes() for image in gallery] == [np.asarray(image).tobytes()
+                                                                  for image in session.sample_images]
+    calls.clear()
+    session.set_input(model, photo("coffee", (64, 48)), 64)  # a new photo: its own maps
+    session.draw_samples(model, 1, seed=1)
+    assert len(calls) == 1

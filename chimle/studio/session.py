@@ -43,7 +43,7 @@ from ..imageops import resize
 from ..images import pil_to_tensor, tensor_to_pil
 from ..ivo import IvOConfig, hint_search, ivo_steps
 from ..model import Render
-from ..pipeline import PreparedInput, coarse_result, prepare, render, sample_codes
+from ..pipeline import PreparedInput, coarse_result, prepare, render, sample_codes, semantic_context
 from ..search import Distance
 from .models import LoadedModel
 
@@ -104,12 +104,16 @@ def pad_painted(prepared: PreparedInput, painted: torch.Tensor, mode: str = "rep
     return F.pad(painted, (0, out_w - crop_w, 0, out_h - crop_h), mode=mode)
 
 
-def gallery_images(model: LoadedModel, prepared: PreparedInput, codes: LatentCodes) -> list[Image.Image]:
-    """Each code's result as a picture for the gallery, `RENDER_CHUNK` codes per forward pass."""
+def gallery_images(model: LoadedModel, prepared: PreparedInput, codes: LatentCodes,
+                   context: list[torch.Tensor] | None = None) -> list[Image.Image]:
+    """Each code's result as a picture for the gallery, `RENDER_CHUNK` codes per forward pass.
+
+    `context`: the input's semantic maps (`pipeline.semantic_context`), computed once.
+    """
     images = []
     for start in range(0, codes.batch_size, RENDER_CHUNK):
         [results], _ = render(model.net, model.task, prepared, codes[start:start + RENDER_CHUNK],
-                              as_result=True, map_levels="final")
+                              as_result=True, map_levels="final", context=context)
         images.extend(tensor_to_pil(image) for image in results)
     return images
 
@@ -196,6 +200,8 @@ class StudioSession:
     source_image: Image.Image | None = None
     max_side: int = 256
     prepared: PreparedInput | None = None
+    # (model fingerprint, the semantic prior's maps of `prepared` for it), computed on first use.
+    context: tuple[str, list[torch.Tensor] | None] | None = None
     reference: torch.Tensor | None = None
     reference_preview: Image.Image | None = None
     samples: LatentCodes | None = None
@@ -240,6 +246,13 @@ class StudioSession:
         crop_h, crop_w = self.prepared.crop
         return tensor_to_pil(preview[..., :crop_h, :crop_w].clamp(-1, 1)[0])
 
+    def context_for(self, model: LoadedModel) -> list[torch.Tensor] | None:
+        """The input's semantic maps for `model` (None without the prior), computed once per
+        input: every render of this photo needs them, and they cost a third of a full render."""
+        if self.context is None or self.context[0] != model.fingerprint:
+            self.context = (model.fingerprint, semantic_context(model.net, self.require_input()))
+        return self.context[1]
+
     def require_input(self) -> PreparedInput:
         if self.prepared is None:
             raise StudioError("upload an image first")
@@ -257,6 +270,7 @@ class StudioSession:
         with self.lock:
             self.model_path = str(model.path)
             self._clear_codes()
+            self.context = None
             if self.source_image is not None:
                 self.prepared = prepare(model.net, model.task, self.source_image, self.max_side)
             self.reference = self.reference_preview = None
@@ -270,6 +284,7 @@ class StudioSession:
                 raise StudioError(str(error)) from None
             self.model_path = str(model.path)
             self.source_image, self.max_side, self.prepared = image, int(max_side), prepared
+            self.context = None
             self.reference = self.reference_preview = None
             self._clear_codes()
             return list(prepared.notes)
@@ -315,7 +330,7 @@ class StudioSession:
             draw_seed = (self.sample_seed if self.batches_drawn == 0
                          else derived_seed(self.sample_seed, self.batches_drawn))
             codes = self._with_locked_levels(sample_codes(model.net, prepared, num, draw_seed))
-            images = gallery_images(model, prepared, codes)
+            images = gallery_images(model, prepared, codes, self.context_for(model))
             self.samples = codes if self.samples is None else LatentCodes.cat([self.samples, codes])
             self.sample_images.extend(images)
             self.batches_drawn += 1
@@ -442,11 +457,13 @@ class StudioSession:
             if on_coarse is not None and start < self.current.num_levels - 1:
                 # The same computation in two calls (bit-identical): the first level, shown, then the rest.
                 coarse, reuse = render(model.net, model.task, self.prepared, self.current, reuse=reuse,
-                                       start_level=start, upto=start + 1, as_result=True, map_levels="new")
+                                       start_level=start, upto=start + 1, as_result=True, map_levels="new",
+                                       context=self.context_for(model))
                 on_coarse(coarse_result(model.task, self.prepared, reuse.outputs[start]))
                 images, rest = images + [image.clone() for image in coarse], start + 1
             finer, self.cache = render(model.net, model.task, self.prepared, self.current,
-                                       reuse=reuse, start_level=rest, as_result=True, map_levels="new")
+                                       reuse=reuse, start_level=rest, as_result=True, map_levels="new",
+                                       context=self.context_for(model))
             self.level_images = images + [image.clone() for image in finer]
             self.cache_codes = self.current
             RENDER_CACHES.used(self)
@@ -572,7 +589,7 @@ class StudioSession:
                                   f"use the same image and working size as when it was saved")
             if codes.batch_size > 1:
                 codes = codes[:MAX_SAMPLES]
-                self.samples, self.sample_images, self.batches_drawn = codes, gallery_images(model, prepared, codes), 1
+                self.samples, self.sample_images, self.batches_drawn = codes, gallery_images(model, prepared, codes, self.context_for(model)), 1
             self.adopt(model, codes[0])
             return codes.batch_size
 
