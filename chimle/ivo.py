@@ -182,10 +182,13 @@ def ivo_steps(net: TowerImplicitModel, task: Task, distance: Distance | None, x:
     optimiser = torch.optim.Adam(parameters, lr=config.lr)
     requires_grad = [p.requires_grad for p in net.parameters()]
     net.requires_grad_(False)  # gradients flow to the code only
+    # The semantic maps depend on x alone: computed once, not in every step's forward pass.
+    with torch.no_grad():
+        context = net.encode(x, init.shape.local_sizes)
     try:
         for step in range(config.steps + 1):
             codes = LatentCodes(parameters[:levels], parameters[levels:])
-            image = task.to_rgb(x, net(x, codes)[-1])
+            image = task.to_rgb(x, net.render(x, codes, context=context).outputs[-1])
             if mask is None:
                 mse = F.mse_loss(image, target, reduction="none").mean((1, 2, 3))
                 lpips = distance(image, target)

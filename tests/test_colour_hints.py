@@ -133,3 +133,23 @@ def test_evaluate_candidates_is_the_searchs_batching():
         by_two = evaluate_candidates(net, task, distance, x, candidates, owners, packed, net.num_levels, 2)
         at_once = evaluate_candidates(net, task, distance, x, candidates, owners, packed, net.num_levels, 5)
     assert torch.allclose(by_two, at_once, atol=1e-6)
+
+
+def test_ivo_with_the_semantic_prior_reports_the_images_of_its_codes():
+    """IvO computes the prior's maps of x once; each reported image is still its code's render."""
+    from chimle.config import preset
+    from chimle.model import TowerImplicitModel
+    from chimle.tasks import make_task
+
+    task = make_task("colourization")
+    torch.manual_seed(0)
+    net = TowerImplicitModel(preset("tiny", task.in_channels, task.out_channels, semantic_encoder="alexnet")).eval()
+    x = task.prepare_input(photo("astronaut", SIZE))
+    target, mask = _strokes()
+    config = IvOConfig(steps=4, lr=0.05, init_samples=4, report_every=2, colour_space="ab")
+    reports = list(ivo_steps(net, task, None, x, target, config, generator=torch.Generator().manual_seed(0),
+                             mask=mask))
+    assert [r.step for r in reports] == [0, 2, 4] and not reports[0].codes.equal(reports[-1].codes)
+    with torch.no_grad():
+        for report in reports:
+            assert torch.allclose(report.image, task.to_rgb(x, net(x, report.codes)[-1]), atol=1e-6)
