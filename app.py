@@ -376,7 +376,11 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
         picked.append(ivo_event)
 
         paint = explore.paint.outputs
-        paint_current.click(on_render(studio.paint_current), state, paint, api_name="paint_current", **render)
+        # Never over the paint editor: its loading overlay once stayed after a re-draw had
+        # finished (in CI), covering the canvas so that no stroke reached it.
+        paint_progress = dict(show_progress_on=[result, paint_status])
+        paint_current.click(on_render(studio.paint_current), state, paint, api_name="paint_current",
+                            show_progress_on=paint_status, **render)
         # A newly picked result goes into the paint editor too (slider edits do not send it: ↻ does).
         for event in picked:
             event.then(on_render(studio.refresh_paint), [state, region_level], paint, api_visibility="private",
@@ -387,13 +391,13 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                            concurrency_id="paint", concurrency_limit=None)
         region_inputs = [state, paint_editor, region_level, region_seed, region_amount]
         redraw_region.click(on_render(functools.partial(studio.redraw_region, False)), region_inputs,
-                            [*editor, *controls, *paint], api_name="redraw_region", **render)
+                            [*editor, *controls, *paint], api_name="redraw_region", **paint_progress, **render)
         blend_region.click(on_render(functools.partial(studio.redraw_region, True)), region_inputs,
-                           [*editor, *controls, *paint], api_name="blend_region", **render)
+                           [*editor, *controls, *paint], api_name="blend_region", **paint_progress, **render)
         # Shares the reconstruction's queue: both take gradients through the model.
         hints_event = find_colours.click(studio.colour_hints, [state, paint_editor, hint_steps, hint_space],
                                          [*editor, *controls, *paint], api_name="colour_hints", concurrency_id="ivo",
-                                         concurrency_limit=1)
+                                         concurrency_limit=1, **paint_progress)
         stop_colours.click(None, None, None, cancels=[hints_event])
 
         quick = dict(concurrency_id="runs", concurrency_limit=None, show_progress="hidden")
