@@ -3,7 +3,10 @@
 Two views of the same operations: the library (`StudioSession`, no web server) and the app
 over HTTP (`app.build_demo` launched on a free port; the time from the request a slider
 release sends to each response carrying a new image, read from Gradio's event stream as it
-arrives, then the download of that image, which the page does next).
+arrives, then the download of that image, which the page does next). The app runs with Gradio's own
+profiler on (`GRADIO_PROFILING=1`), which splits each request's time on the server into
+queue wait, preprocessing, the handler, postprocessing and streaming diffs; the rest of what
+the client waits for is HTTP and the event stream.
 
     python benchmarks/studio_latency.py --checkpoint checkpoints/colourization-cpu.safetensors \
         --image assets/dogs-grey.png --max-side 256 --edits 30
@@ -14,17 +17,22 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import socket
 import statistics
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Read by Gradio when it is imported: set before anything imports it.
+os.environ.setdefault("GRADIO_PROFILING", "1")
+PHASES = ("queue_wait", "preprocess", "fn_call", "postprocess", "streaming_diff", "total")
 
 from chimle.editing import LevelEdit  # noqa: E402
 from chimle.images import load_rgb  # noqa: E402
@@ -111,10 +119,28 @@ def app_timings(checkpoint: Path, image: Path, max_side: int, samples: int, edit
                     fetch.append(_fetch_seconds(result["url"]))  # what the page then downloads
                     rss_after_first = rss_after_first or _rss_mb()
             rss_after_all = _rss_mb()
+            server = _server_phases(f"http://127.0.0.1:{port}/gradio_api")
         finally:
             demo.close()
     return {"grid": grid, "per_level": per_level, "first_image": first_image, "fetch": fetch,
-            "rss_after_first": rss_after_first, "rss_after_all": rss_after_all}
+            "rss_after_first": rss_after_first, "rss_after_all": rss_after_all, "server": server}
+
+
+def _server_phases(api: str) -> dict[str, dict[str, list[float]]]:
+    """Gradio's profiler's record of each request, by endpoint: the milliseconds of each of
+    `PHASES` (a streaming handler's are summed over its responses). Empty when Gradio was
+    imported before `GRADIO_PROFILING` was set (its profiler is then off)."""
+    try:
+        with urllib.request.urlopen(f"{api}/profiling/traces") as response:
+            traces = json.load(response)
+    except urllib.error.HTTPError:
+        return {}
+    phases: dict[str, dict[str, list[float]]] = {}
+    for trace in traces:
+        endpoint = phases.setdefault(trace["fn_name"], {phase: [] for phase in PHASES})
+        for phase in PHASES:
+            endpoint[phase].append(trace[f"{phase}_ms"])
+    return phases
 
 
 def _timed_call(api: str, session: str, name: str, data: list) -> tuple[list[float], list]:
@@ -188,6 +214,26 @@ def main() -> None:
         print(f"fetching the result image from the app: median {statistics.median(app_rows['fetch']) * 1000:.1f} ms")
         print(f"app process memory: {app_rows['rss_after_first']:.0f} MB after the first edit, "
               f"{app_rows['rss_after_all']:.0f} MB after {total} edits")
+        print_server_phases(app_rows)
+
+
+def print_server_phases(app_rows: dict) -> None:
+    """Where the app's time goes: Gradio's phases of each request on the server, and what is
+    left of the client's wait for the final image (HTTP, the event stream, the client)."""
+    server = app_rows["server"]
+    if not server:
+        print("\nGradio's profiler was off (GRADIO_PROFILING was not set before gradio was imported)")
+        return
+    print(f"\non the server, median ms per request (Gradio's profiler; a streaming edit's phases summed "
+          f"over its responses):\n{'':18}" + "".join(f"{phase:>15}" for phase in PHASES) + f"{'HTTP and client':>17}")
+    endpoints = [("generate", app_rows["grid"])] + [
+        (f"edit_level_{level + 1}", statistics.median(times)) for level, times in app_rows["per_level"].items()]
+    for endpoint, client_seconds in endpoints:
+        if endpoint not in server:
+            continue
+        medians = {phase: statistics.median(values) for phase, values in server[endpoint].items()}
+        cells = "".join(f"{medians[phase]:>15.1f}" for phase in PHASES)
+        print(f"{endpoint:18}{cells}{client_seconds * 1000 - medians['total']:>17.1f}")
 
 
 if __name__ == "__main__":
