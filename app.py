@@ -22,6 +22,7 @@ from chimle.images import IMAGE_EXTENSIONS
 from chimle.studio.handlers import Downloads, Studio, StudioSettings, examples_for_task, find_examples, model_choices
 from chimle.studio.models import default_model, find_models
 from chimle.studio.memory import release_free_memory_periodically
+from chimle.studio.direct import NO_HOPS
 from chimle.studio.render_thread import RENDERS
 from chimle.studio.inputs import StudioBlocks
 from chimle.studio.security import on_spaces, training_policy
@@ -351,7 +352,7 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
             number = level + 1
             gr.on([slider.input for slider in widgets.sliders], functools.partial(studio.edit_level, level),
                   [state, renormalise, *widgets.sliders], editor, api_name=f"edit_level_{number}",
-                  trigger_mode="always_last", show_progress="hidden", **render)
+                  trigger_mode="always_last", show_progress="hidden", **NO_HOPS, **render)
             widgets.randomise.click(on_render(functools.partial(studio.randomise_level, level)), state,
                                     [*editor, *controls], api_name=f"randomise_level_{number}", **render)
             widgets.reset.click(on_render(functools.partial(studio.reset_level, level)), state, [*editor, *controls],

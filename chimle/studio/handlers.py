@@ -36,6 +36,7 @@ from ..tasks import TASK_NAMES
 from . import training
 from .inputs import UPLOAD_MAX_PIXELS
 from .batches import BatchError, run_photo_batch
+from .direct import preprocessed, serialised
 from .models import MODELS, LoadedModel, default_model, find_models, read_task_name
 from .security import (TrainingPolicy, UnsafePathError, ZipLimits, confine_data_folder, data_folders,
                        extract_images_zip)
@@ -339,11 +340,16 @@ class Studio:
 
         Where the render would keep the user waiting (`StudioSession.streams_coarse_first`),
         the result is first shown from the edited level alone, then refined in place.
+
+        The event is registered without Gradio's own processing (`direct.NO_HOPS`, the hot
+        path): the values come raw and the updates go out serialised.
         """
         session = self._session(session)
         with user_errors():
             model = self._model(session)
-            count = len(self.explore.levels[level].directions)
+            widgets = self.explore.levels[level]
+            values = preprocessed(widgets.sliders, values)
+            count = len(widgets.directions)
             directions = values[:count]
             global_seed, global_blend, local_seed, local_blend, noise_scale = values[count:]
             edit = LevelEdit(tuple(float(a or 0) for a in directions), int(global_seed or 0),
@@ -352,15 +358,15 @@ class Studio:
             # All of it on the render thread, the images' conversion too (torch parallelises
             # that as well); only the streaming loop runs here.
             if not session.streams_coarse_first(level):
-                yield RENDERS.run(self._edited, session, model, level, edit, renormalise)
+                yield serialised(RENDERS.run(self._edited, session, model, level, edit, renormalise))
                 return
             previews = self.downloads.previews(session)
 
             def render(show: Callable[[Updates], None]) -> None:
                 def show_coarse(coarse: torch.Tensor) -> None:
-                    show({self.explore.result: previews.path(tensor_to_pil(coarse[0])),
-                          self.explore.status: f"Level {level + 1} drawn; refining the finer levels…"})
-                show(self._edited(session, model, level, edit, renormalise, show_coarse))
+                    show(serialised({self.explore.result: previews.path(tensor_to_pil(coarse[0])),
+                                     self.explore.status: f"Level {level + 1} drawn; refining the finer levels…"}))
+                show(serialised(self._edited(session, model, level, edit, renormalise, show_coarse)))
 
             yield from RENDERS.stream(render)
 

@@ -1,0 +1,47 @@
+"""Gradio's per-component processing, done inside the handler for the events that run most.
+
+Gradio hands each input's `preprocess` and each output's `postprocess` to a worker thread of
+its own: one thread hop per component and response. A slider edit has 11 inputs and 6
+outputs and streams two responses, so it pays about 20 hops, on a machine whose two cores the
+render is using. Measured with a trivial handler of the same inputs and outputs, 40 calls
+each, a training run beside it (2026-12-02, /tmp script): 20.5 and 26.4 ms per call with
+Gradio's processing, 18.2 and 18.0 ms with the same processing done in the handler; the bytes
+sent were the same.
+
+Events registered with `preprocess=False, postprocess=False` get raw values and must send
+serialised ones; `preprocessed` and `serialised` give them by calling the components' own
+`preprocess` and `postprocess`, so that bounds checks and payloads stay Gradio's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import gradio as gr
+
+NO_HOPS = {"preprocess": False, "postprocess": False}  # the event options that go with these
+
+
+def preprocessed(components: Sequence[gr.components.Component], values: Sequence[Any]) -> list[Any]:
+    """`values` as the components' `preprocess` gives them (a slider checks its bounds)."""
+    return [component.preprocess(value) for component, value in zip(components, values, strict=True)]
+
+
+def _payload(component: gr.components.Component, value: Any) -> Any:
+    processed = component.postprocess(value)
+    return processed.model_dump() if hasattr(processed, "model_dump") else processed
+
+
+def serialised(updates: dict[gr.blocks.Block, Any]) -> dict[gr.blocks.Block, Any]:
+    """Handler updates as Gradio would send them: each value through its component's
+    `postprocess`, including the value inside a `gr.update(...)`; a session state stays as it is."""
+    payloads = {}
+    for component, value in updates.items():
+        if component.stateful:
+            payloads[component] = value
+        elif isinstance(value, dict) and value.get("__type__") == "update":
+            payloads[component] = ({**value, "value": _payload(component, value["value"])} if "value" in value
+                                   else value)
+        else:
+            payloads[component] = _payload(component, value)
+    return payloads
