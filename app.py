@@ -22,7 +22,7 @@ from chimle.images import IMAGE_EXTENSIONS
 from chimle.studio.handlers import Downloads, Studio, StudioSettings, examples_for_task, find_examples, model_choices
 from chimle.studio.models import default_model, find_models
 from chimle.studio.memory import release_free_memory_periodically
-from chimle.studio.direct import NO_HOPS
+from chimle.studio.direct import NO_HOPS, without_hops
 from chimle.studio.render_thread import RENDERS
 from chimle.studio.inputs import StudioBlocks
 from chimle.studio.security import on_spaces, training_policy
@@ -334,13 +334,14 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
             model.change(studio.show_examples, model, examples, api_name="examples", show_progress="hidden")
             examples.click(studio.load_example, [model, examples], image, api_name="load_example")
         start_inputs = [state, model, image, reference, max_side, num_samples, seed, randomise_seed]
+        generate_inputs = [state, num_samples, seed, randomise_seed]
         start_outputs = [model_info, notes, *editor, *controls, gallery, seed]
         picked = [  # events after which another result is current
             model.change(on_render(studio.start), start_inputs, start_outputs, api_name="start", **render),
             image.change(on_render(studio.start), start_inputs, start_outputs, api_name="set_input", **render),
             max_side.release(on_render(studio.start), start_inputs, start_outputs, api_name="set_max_side", **render),
-            generate.click(on_render(studio.generate), [state, num_samples, seed, randomise_seed],
-                           [*editor, *controls, gallery, seed], api_name="generate", **render)]
+            generate.click(on_render(without_hops(studio.generate, generate_inputs)), generate_inputs,
+                           [*editor, *controls, gallery, seed], api_name="generate", **NO_HOPS, **render)]
         more.click(on_render(studio.more), [state, num_samples], [state, gallery, status], api_name="more", **render)
         picked.append(gallery.select(on_render(studio.select), state, [*editor, *controls], api_name="select_sample",
                                      **render))

@@ -14,7 +14,7 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from chimle.studio.direct import NO_HOPS, preprocessed, serialised
+from chimle.studio.direct import NO_HOPS, preprocessed, serialised, without_hops
 
 
 def _stream(api: str, name: str, data: list) -> list[str]:
@@ -70,3 +70,21 @@ def test_preprocessed_values_keep_the_sliders_bounds():
     assert preprocessed([slider], [0.5]) == [0.5]
     with pytest.raises(gr.Error, match="greater than maximum"):
         preprocessed([slider], [2])
+
+
+def test_without_hops_hands_the_handler_gradios_values_and_sends_its_payloads(tmp_path):
+    image = tmp_path / "sample.png"
+    Image.new("RGB", (8, 8)).save(image)
+    with gr.Blocks():
+        state, count, result = gr.State(None), gr.Number(precision=0), gr.Image()
+    seen = []
+
+    def handler(session, number):
+        seen.append((session, number))
+        return {state: session, result: str(image)}
+
+    handle = without_hops(handler, [state, count])
+    session = object()
+    updates = handle(session, 3.0)
+    assert seen == [(session, 3)] and isinstance(seen[0][1], int)  # precision 0: an int, as Gradio gives
+    assert updates[state] is session and updates[result]["path"] == str(image)

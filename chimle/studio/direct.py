@@ -15,16 +15,30 @@ serialised ones; `preprocessed` and `serialised` give them by calling the compon
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import gradio as gr
 
+Updates = dict[gr.blocks.Block, Any]
 NO_HOPS = {"preprocess": False, "postprocess": False}  # the event options that go with these
 
 
 def preprocessed(components: Sequence[gr.components.Component], values: Sequence[Any]) -> list[Any]:
-    """`values` as the components' `preprocess` gives them (a slider checks its bounds)."""
-    return [component.preprocess(value) for component, value in zip(components, values, strict=True)]
+    """`values` as the components' `preprocess` gives them (a slider checks its bounds, a
+    number of precision 0 becomes an int); a session state as it is."""
+    return [value if component.stateful else component.preprocess(value)
+            for component, value in zip(components, values, strict=True)]
+
+
+def without_hops(handler: Callable[..., Updates], inputs: Sequence[gr.components.Component]) -> Callable[..., Updates]:
+    """`handler` (a function of `inputs`' values that returns updates) for an event registered
+    with `NO_HOPS`: it takes the raw values and gives the serialised updates."""
+    @functools.wraps(handler)
+    def handle(*values: Any) -> Updates:
+        return serialised(handler(*preprocessed(inputs, values)))
+
+    return handle
 
 
 def _payload(component: gr.components.Component, value: Any) -> Any:
@@ -32,7 +46,7 @@ def _payload(component: gr.components.Component, value: Any) -> Any:
     return processed.model_dump() if hasattr(processed, "model_dump") else processed
 
 
-def serialised(updates: dict[gr.blocks.Block, Any]) -> dict[gr.blocks.Block, Any]:
+def serialised(updates: Updates) -> Updates:
     """Handler updates as Gradio would send them: each value through its component's
     `postprocess`, including the value inside a `gr.update(...)`; a session state stays as it is."""
     payloads = {}
