@@ -1,4 +1,5 @@
-"""Gradio's per-component processing, done inside the handler for the events that run most.
+"""Gradio's per-component processing, done inside the handler for the events that run most
+(slider edits, and the grid with its 50 outputs).
 
 Gradio hands each input's `preprocess` and each output's `postprocess` to a worker thread of
 its own: one thread hop per component and response. A slider edit has 11 inputs and 6
