@@ -37,6 +37,7 @@ PHASES = ("queue_wait", "preprocess", "fn_call", "postprocess", "streaming_diff"
 from chimle.editing import LevelEdit  # noqa: E402
 from chimle.images import load_rgb  # noqa: E402
 from chimle.studio.models import MODELS  # noqa: E402
+from chimle.studio.render_thread import RENDERS  # noqa: E402
 from chimle.studio.session import StudioSession  # noqa: E402
 
 
@@ -188,7 +189,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    library = library_timings(args.checkpoint, args.image, args.max_side, args.samples, args.edits)
+    # On the studio's render thread, as the app renders: a render on any other thread (this
+    # process's main one) would give the process a second OpenMP team, and from then on every
+    # render, the app's too, takes about 1.8 times as long (libgomp stops spinning between ops
+    # once a process has more OpenMP threads than cores; measured 102 -> 182 ms per level-1
+    # edit, /tmp script, 2026-12-02).
+    library = RENDERS.run(library_timings, args.checkpoint, args.image, args.max_side, args.samples, args.edits)
     width, height = library["size"]
     print(f"model {args.checkpoint}, result {width}x{height}, torch threads {torch.get_num_threads()}")
     rows = [("library", library)]
