@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import gradio as gr
 
-Updates = dict[gr.blocks.Block, Any]
+Updates = dict[gr.blocks.Block, Any]  # {widget: value or gr.update(...)}, what a handler returns
 NO_HOPS = {"preprocess": False, "postprocess": False}  # the event options that go with these
 
 

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import gradio as gr
 import pandas as pd
@@ -36,7 +36,7 @@ from ..tasks import TASK_NAMES
 from . import training
 from .inputs import UPLOAD_MAX_PIXELS
 from .batches import BatchError, run_photo_batch
-from .direct import preprocessed, serialised
+from .direct import Updates, preprocessed, serialised
 from .models import MODELS, LoadedModel, default_model, find_models, read_task_name
 from .security import (TrainingPolicy, UnsafePathError, ZipLimits, confine_data_folder, data_folders,
                        extract_images_zip)
@@ -53,7 +53,6 @@ DEFAULT_MAX_SIDE = 256
 
 USER_ERRORS = (StudioError, EditError, ImageError, CheckpointError, DataError, UnsafePathError,
                training.TrainingError, BackboneWeightsError, BatchError)
-Updates = dict[gr.blocks.Block, Any]  # {widget: value or gr.update(...)}
 
 
 @contextlib.contextmanager
@@ -358,7 +357,7 @@ class Studio:
             # All of it on the render thread, the images' conversion too (torch parallelises
             # that as well); only the streaming loop runs here.
             if not session.streams_coarse_first(level):
-                yield serialised(RENDERS.run(self._edited, session, model, level, edit, renormalise))
+                yield RENDERS.run(self._edited, session, model, level, edit, renormalise)
                 return
             previews = self.downloads.previews(session)
 
@@ -366,15 +365,15 @@ class Studio:
                 def show_coarse(coarse: torch.Tensor) -> None:
                     show(serialised({self.explore.result: previews.path(tensor_to_pil(coarse[0])),
                                      self.explore.status: f"Level {level + 1} drawn; refining the finer levels…"}))
-                show(serialised(self._edited(session, model, level, edit, renormalise, show_coarse)))
+                show(self._edited(session, model, level, edit, renormalise, show_coarse))
 
             yield from RENDERS.stream(render)
 
     def _edited(self, session: StudioSession, model: LoadedModel, level: int, edit: LevelEdit, renormalise: bool,
                 on_coarse: Callable[[torch.Tensor], None] | None = None) -> Updates:
-        """Apply a level edit and give the editor's new values."""
+        """Apply a level edit and give the editor's new values, serialised (the event skips Gradio's processing)."""
         session.edit_level(model, level, edit, renormalise, on_coarse)
-        return self.editor_values(session, model)
+        return serialised(self.editor_values(session, model))
 
     def randomise_level(self, level: int, session: StudioSession | None) -> Updates:
         session = self._session(session)
