@@ -388,7 +388,7 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
             event.then(on_render(studio.refresh_paint), [state, region_level], paint, api_visibility="private",
                        show_progress="hidden", **render)
         # After each stroke: what is painted (the user sees the editor took it).
-        paint_editor.input(studio.painted, [state, paint_editor], paint_status, api_visibility="private",
+        paint_editor.input(on_render(studio.painted), [state, paint_editor], paint_status, api_visibility="private",
                            show_progress="hidden", trigger_mode="always_last",
                            concurrency_id="paint", concurrency_limit=None)
         region_inputs = [state, paint_editor, region_level, region_seed, region_amount]

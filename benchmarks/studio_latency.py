@@ -121,10 +121,15 @@ def app_timings(checkpoint: Path, image: Path, max_side: int, samples: int, edit
                     rss_after_first = rss_after_first or _rss_mb()
             rss_after_all = _rss_mb()
             server = _server_phases(f"http://127.0.0.1:{port}/gradio_api")
+            # A long job (Save renders at the photo's own size) must not slow the edits after it
+            # (chimle/studio/render_thread.py: a second OpenMP team slows every render while it lives).
+            client.predict(api_name="/save")
+            after_save = [call("edit_level_1", [True, *_edit_values(index)])[0][-1] for index in range(edits)]
         finally:
             demo.close()
     return {"grid": grid, "per_level": per_level, "first_image": first_image, "fetch": fetch,
-            "rss_after_first": rss_after_first, "rss_after_all": rss_after_all, "server": server}
+            "rss_after_first": rss_after_first, "rss_after_all": rss_after_all, "server": server,
+            "after_save": after_save}
 
 
 def _server_phases(api: str) -> dict[str, dict[str, list[float]]]:
@@ -218,6 +223,9 @@ def main() -> None:
     if not args.no_app:
         total = args.edits * len(app_rows["per_level"])
         print(f"fetching the result image from the app: median {statistics.median(app_rows['fetch']) * 1000:.1f} ms")
+        print(f"edit level 1 after a Save (final image): median {statistics.median(app_rows['after_save']):.3f} s "
+              f"(max {max(app_rows['after_save']):.2f}), against {statistics.median(app_rows['per_level'][0]):.3f} s "
+              f"before it")
         print(f"app process memory: {app_rows['rss_after_first']:.0f} MB after the first edit, "
               f"{app_rows['rss_after_all']:.0f} MB after {total} edits")
         print_server_phases(app_rows)

@@ -1,4 +1,5 @@
-"""The studio's render thread: every render on one thread, results and errors to the caller."""
+"""The studio's render thread: every render on one thread, results and errors to the caller;
+long jobs on a thread of their own that ends with the job."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import contextvars
 import functools
 import inspect
 import threading
+import time
 
 import gradio as gr
 import pytest
 
-from chimle.studio.render_thread import RenderThread
+from chimle.studio.render_thread import RenderThread, iterate_as_job, run_as_job
 
 REQUEST = contextvars.ContextVar("request", default="none")
 
@@ -86,3 +88,66 @@ def test_a_wrapped_handler_keeps_the_signature_gradio_reads():
     assert list(inspect.signature(level).parameters) == ["state"] and level(5) == (2, 5)
     with pytest.raises(TypeError, match="streams"):
         renders.wrap(handlers.streams)
+
+
+def _wait_until_gone(ident: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ident not in {thread.ident for thread in threading.enumerate()}:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_job_runs_on_a_thread_of_its_own_that_has_ended_when_it_returns():
+    renders = RenderThread()
+    render_thread = renders.run(threading.get_ident)
+    REQUEST.set("user 1")
+    ident, request = run_as_job(lambda: (threading.get_ident(), REQUEST.get()))
+    assert ident not in {threading.get_ident(), render_thread} and request == "user 1"
+    assert ident not in {thread.ident for thread in threading.enumerate()}  # already joined
+
+    def broken():
+        raise ValueError("save failed")
+
+    with pytest.raises(ValueError, match="save failed"):
+        run_as_job(broken)
+
+
+def test_an_iterated_job_advances_on_one_thread_which_ends_with_the_job():
+    threads = []
+
+    def steps():
+        for step in range(3):
+            threads.append(threading.get_ident())
+            yield step
+
+    assert list(iterate_as_job(steps())) == [0, 1, 2]
+    assert len(set(threads)) == 1 and threads[0] != threading.get_ident()
+    assert _wait_until_gone(threads[0])
+
+
+def test_stopping_an_iterated_job_cleans_up_on_its_thread_and_errors_reach_the_caller():
+    where = {}
+
+    def steps():
+        where["steps"] = threading.get_ident()
+        try:
+            while True:
+                yield "step"
+        finally:
+            where["cleanup"] = threading.get_ident()
+
+    job = iterate_as_job(steps())
+    assert next(job) == "step" and next(job) == "step"
+    job.close()  # a Stop
+    assert _wait_until_gone(where["steps"]) and where["cleanup"] == where["steps"]
+
+    def broken():
+        yield "first"
+        raise ValueError("IvO failed")
+
+    job = iterate_as_job(broken())
+    assert next(job) == "first"
+    with pytest.raises(ValueError, match="IvO failed"):
+        next(job)

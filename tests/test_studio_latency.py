@@ -36,6 +36,7 @@ def test_edits_of_levels_with_finer_ones_stream_a_coarse_image_first_over_http(t
             assert firsts == finals
     assert len(timings["fetch"]) == 6 and all(seconds > 0 for seconds in timings["fetch"])
     assert timings["grid"] > 0
+    assert len(timings["after_save"]) == 2 and all(seconds > 0 for seconds in timings["after_save"])
 
 
 def test_the_benchmark_splits_the_apps_time_on_the_server_into_gradios_phases(tmp_path):

@@ -42,7 +42,7 @@ from .security import (TrainingPolicy, UnsafePathError, ZipLimits, confine_data_
                        extract_images_zip)
 from .paint import canvas, describe_strokes, strokes_from_editor
 from .previews import PreviewFiles
-from .render_thread import RENDERS
+from .render_thread import RENDERS, iterate_as_job, run_as_job
 from .session import RenderReport, StudioError, StudioSession, fresh_seed
 from .widgets import ExploreWidgets, TrainWidgets
 
@@ -417,8 +417,11 @@ class Studio:
             return self.editor_values(session, model, "Reference set." if image else "Reference removed.")
 
     def save(self, session: StudioSession | None, progress: gr.Progress = gr.Progress()) -> Updates:
-        """Write the result at the photo's own size (PNG) and its code (.safetensors) for download."""
-        session = self._session(session)
+        """Write the result at the photo's own size (PNG) and its code (.safetensors) for download,
+        on a thread of its own (`run_as_job`)."""
+        return run_as_job(self._save, self._session(session), progress)
+
+    def _save(self, session: StudioSession, progress: gr.Progress) -> Updates:
         with user_errors():
             model = self._model(session)
             codes = session.require_current()
@@ -450,8 +453,8 @@ class Studio:
                 raise StudioError("upload photos (or a zip of photos) for the batch")
             folder = self.downloads.folder(session, "batch")  # a new batch replaces the previous one
             shutil.rmtree(folder, ignore_errors=True)
-            result = run_photo_batch(model, paths, folder, int(max_side), int(seed or 0),
-                                     lambda fraction, text: progress(fraction, desc=text))
+            result = run_as_job(run_photo_batch, model, paths, folder, int(max_side), int(seed or 0),
+                                lambda fraction, text: progress(fraction, desc=text))
             lines = [f"{result.report.summary()}: each photo's first sample of seed {int(seed or 0)}, at its own "
                      f"size, with its code, in `{result.archive.name}`."]
             lines += [f"- {message}" for _, message in result.report.failed]
@@ -473,8 +476,13 @@ class Studio:
     # -- reconstruction -----------------------------------------------------------------------
 
     def reconstruct(self, session: StudioSession | None, steps: float, lr: float) -> Iterator[Updates]:
-        """IvO toward the reference, streaming: each report updates the progress text and the editor."""
-        session = self._session(session)
+        """IvO toward the reference, streaming: each report updates the progress text and the editor.
+
+        All of it, the images' conversion too, runs on a thread of its own (`iterate_as_job`).
+        """
+        yield from iterate_as_job(self._reconstruct(self._session(session), steps, lr))
+
+    def _reconstruct(self, session: StudioSession, steps: float, lr: float) -> Iterator[Updates]:
         with user_errors():
             model = self._model(session)
             distance = load_perceptual_distance("alex")
@@ -575,9 +583,12 @@ class Studio:
 
         Each report updates the paint panel's message and the editor; the sliders start from
         the found code; at the end the paint editor shows the result, nothing painted, and the
-        region level is left as it was.
+        region level is left as it was. All of it runs on a thread of its own (`iterate_as_job`).
         """
-        session = self._session(session)
+        yield from iterate_as_job(self._colour_hints(self._session(session), painted, steps, space))
+
+    def _colour_hints(self, session: StudioSession, painted: dict | None, steps: float,
+                      space: str) -> Iterator[Updates]:
         with user_errors():
             model = self._model(session)
             strokes = self._strokes(session, painted)

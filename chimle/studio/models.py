@@ -23,6 +23,7 @@ from ..editing import NUM_DIRECTIONS
 from ..model import TowerImplicitModel
 from ..runs import RunPaths
 from ..tasks import TASK_NAMES, Task
+from .render_thread import RENDERS
 
 
 @dataclass(frozen=True)
@@ -133,11 +134,20 @@ class LoadedModel:
         return self.net.num_levels
 
     def directions(self, level: int) -> GlobalDirections:
-        """The main directions of level `level`'s global code (computed on first use)."""
+        """The main directions of level `level`'s global code (computed on first use, on the
+        render thread: it runs torch ops)."""
         with self._lock:
-            if level not in self._directions:
-                self._directions[level] = global_directions(self.net, level, NUM_DIRECTIONS)
-            return self._directions[level]
+            if level in self._directions:
+                return self._directions[level]
+        return RENDERS.run(self._compute_directions, level)
+
+    def _compute_directions(self, level: int) -> GlobalDirections:
+        with self._lock:
+            if level in self._directions:  # computed while this call waited its turn
+                return self._directions[level]
+        directions = global_directions(self.net, level, NUM_DIRECTIONS)
+        with self._lock:
+            return self._directions.setdefault(level, directions)
 
     def describe(self) -> str:
         """A short description for the page: task, levels, size, training steps."""
@@ -174,15 +184,24 @@ class ModelCache:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-            checkpoint = load_checkpoint(resolved)
-            # Shared weights are never trained here: IvO optimises codes only, and with the
-            # flags off, concurrent IvO runs cannot leave gradients on the shared weights.
-            checkpoint.net.requires_grad_(False)
-            model = LoadedModel(resolved, checkpoint, model_fingerprint(checkpoint.net, checkpoint.task))
+        # Loading runs torch ops: on the render thread, as every torch op of the studio
+        # (`render_thread` says why), and there one load at a time.
+        return RENDERS.run(self._load, key, resolved)
+
+    def _load(self, key: tuple, resolved: Path) -> LoadedModel:
+        with self._lock:
+            if key in self._models:  # loaded while this load waited its turn
+                return self._models[key]
+        checkpoint = load_checkpoint(resolved)
+        # Shared weights are never trained here: IvO optimises codes only, and with the
+        # flags off, concurrent IvO runs cannot leave gradients on the shared weights.
+        checkpoint.net.requires_grad_(False)
+        model = LoadedModel(resolved, checkpoint, model_fingerprint(checkpoint.net, checkpoint.task))
+        with self._lock:
             self._models[key] = model
             while len(self._models) > self.capacity:
                 self._models.popitem(last=False)
-            return model
+        return model
 
 
 MODELS = ModelCache()

@@ -10,8 +10,19 @@ Handing every render to one long-lived thread keeps one team, warm. Renders of s
 users then take turns instead of splitting the cores, which costs nothing on a machine
 whose cores one render already fills.
 
-Long jobs (saving at full size, IvO, colour hints, batches) stay on their own threads, so
-that they do not hold up other users' edits; they are one at a time each.
+A second team also slows the whole process while it lives: once another thread has run
+one parallel torch op (a model load, a painted canvas turned into a tensor, a save), every
+render takes about 1.8 times as long, on every thread (102 -> 182 ms per level-1 edit,
+measured 2026-12-02). libgomp spins between parallel ops only while the process's OpenMP
+threads are no more than its cores (`gomp_managed_threads`; past that it throttles the spin
+to a thousand rounds and sleeps, and OMP_WAIT_POLICY / GOMP_SPINCOUNT cannot change that),
+and a team lives as long as the thread that made it, so one on a pooled Gradio worker
+lingers. Hence two rules for the studio's torch work:
+- quick work runs here, on the render thread (`RENDERS.run`, `RENDERS.wrap`);
+- long jobs (saving at full size, IvO, colour hints, batches) run on a thread of their own
+  that ends with the job (`run_as_job`, `iterate_as_job`), so that they do not hold up other
+  users' edits for seconds or minutes, and their team goes with them: once the job is over,
+  renders are at full speed again.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 THREAD_NAME = "chimle-render"
+JOB_THREAD_NAME = "chimle-job"
 
 _DONE = object()
 
@@ -88,6 +100,33 @@ class RenderThread:
             return self.run(handler, *args, **kwargs)
 
         return on_render_thread
+
+
+def run_as_job(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` on a new thread that ends when it returns (the module docstring
+    says why); it sees the caller's context variables, and its exception is raised here."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=JOB_THREAD_NAME) as job:
+        return job.submit(contextvars.copy_context().run, fn, *args, **kwargs).result()
+
+
+def iterate_as_job(steps: Iterator[Any]) -> Iterator[Any]:
+    """Advance `steps` (a long job's generator) on a new thread, yielding each step here; the
+    thread ends with the job (the module docstring says why).
+
+    Closing this iterator (a Stop) closes `steps` on that thread too, where its work ran,
+    and the thread then ends; the closer does not wait for it, since it may be Gradio's
+    event loop dropping a cancelled job.
+    """
+    job = ThreadPoolExecutor(max_workers=1, thread_name_prefix=JOB_THREAD_NAME)
+    context = contextvars.copy_context()
+    try:
+        while (step := job.submit(context.run, next, steps, _DONE).result()) is not _DONE:
+            yield step
+    finally:
+        close = getattr(steps, "close", None)
+        if close is not None:
+            job.submit(context.run, close)
+        job.shutdown(wait=False)  # its queued close still runs; then the thread ends
 
 
 # One per process: the point is that every render shares one thread.
