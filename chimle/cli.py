@@ -30,6 +30,8 @@ TRAIN_HELP = {
     "preset": "model size",
     "semantic_prior": "frozen AlexNet features of the input at every level: the preset's choice, alexnet or none",
     "input_skip": "every level outputs its input plus a learned correction (restoration tasks)",
+    "region_styles": "the global code styles this many semantic regions of the photo separately "
+                     "(needs the semantic prior; 0: one style per photo, the paper's model)",
     "init_from": "start from this model file's weights (not its optimiser); a shipped model keeps improving",
     "method": "code search: chimle (hierarchical) or cimle",
     "samples_per_level": "CHIMLE candidates per level, coarse to fine (default: 12 6 4..., one per level)",

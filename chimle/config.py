@@ -46,6 +46,11 @@ class ModelConfig:
             size, plus a learned correction (residual learning, as DnCNN and VDSR do), so
             a restorer starts from the identity instead of learning to copy its input.
             Only for tasks whose input is in the output's space (JPEG, super-resolution).
+        region_styles: with a semantic encoder, each AdaIN's style also varies over the
+            image: the semantic map divides it softly into this many regions and the
+            global code styles each region separately (`model.AdaIN`), so that one code can
+            colour the sky and the car differently rather than tint the whole photo. 0 (the
+            paper's model): one style per image.
     """
 
     in_channels: int = 3
@@ -61,6 +66,7 @@ class ModelConfig:
     semantic_channels: int = 32
     semantic_scale: int = 2
     input_skip: bool = False
+    region_styles: int = 0
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; normalise so equality still holds.
@@ -109,12 +115,19 @@ class ModelConfig:
             raise ValueError(f"input_skip adds the input to the output, so it needs as many input as "
                              f"output channels (got {self.in_channels} and {self.out_channels})")
 
+        if not isinstance(self.region_styles, int) or self.region_styles < 0:
+            raise ValueError(f"region_styles must be >= 0 (0: one style per image), got {self.region_styles!r}")
+        if self.region_styles and not self.semantic_encoder:
+            raise ValueError("region_styles needs a semantic encoder: its maps say where the regions are")
+
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
-        # Models without the skip describe themselves as before it existed, so their
-        # fingerprints (and the codes saved for them) stay valid.
+        # Models without the skip or the region styles describe themselves as before these
+        # existed, so their fingerprints (and the codes saved for them) stay valid.
         if not self.input_skip:
             del values["input_skip"]
+        if not self.region_styles:
+            del values["region_styles"]
         return values
 
     @classmethod

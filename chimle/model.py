@@ -63,18 +63,48 @@ class RRDB(nn.Module):
 
 
 class AdaIN(nn.Module):
-    """Instance-normalise, then scale by (1 + gamma) and shift by beta, linear in w."""
+    """Instance-normalise, then scale by (1 + gamma) and shift by beta, linear in w.
 
-    def __init__(self, channels: int, w_dim: int) -> None:
+    With `regions` > 0 (`ModelConfig.region_styles`) gamma and beta also vary over the
+    image: a 1x1 conv and a softmax over the semantic map give each pixel soft weights over
+    `regions` regions, and w sets a scale and a shift per region. A code then styles the
+    regions of one photo separately (grass greener, the coat redder) instead of only
+    tinting all of it, as one style per image must. The regions come from the input alone,
+    so they are computed once per photo's render, whatever the code.
+    """
+
+    def __init__(self, channels: int, w_dim: int, regions: int = 0, semantic_channels: int = 0) -> None:
         super().__init__()
         self.affine = nn.Linear(w_dim, 2 * channels)
         # Start as a plain instance norm so an untrained global stream does no harm.
         nn.init.zeros_(self.affine.weight)
         nn.init.zeros_(self.affine.bias)
+        self.region_logits = nn.Conv2d(semantic_channels, regions, 1) if regions else None
+        self.region_affine = nn.Linear(w_dim, 2 * channels * regions) if regions else None
+        if regions:
+            # Zero: a model grown from one without regions (`--init-from`) starts as it was.
+            # The logits keep their random start, which is what lets the regions differ.
+            nn.init.zeros_(self.region_affine.weight)
+            nn.init.zeros_(self.region_affine.bias)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, semantic: torch.Tensor | None = None) -> torch.Tensor:
         gamma, beta = self.affine(w)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
+        if self.region_affine is not None:
+            if semantic is None:
+                raise ValueError("an AdaIN with region styles needs the semantic map")
+            weights = self.region_weights(semantic).expand(x.shape[0], -1, -1, -1)  # (B, K, h, w)
+            batch, regions = w.shape[0], weights.shape[1]
+            styles = self.region_affine(w).view(batch, 2, regions, -1)  # (B, 2, K, C)
+            gamma = gamma + torch.einsum("bkc,bkhw->bchw", styles[:, 0], weights)
+            beta = beta + torch.einsum("bkc,bkhw->bchw", styles[:, 1], weights)
         return F.instance_norm(x) * (1 + gamma) + beta
+
+    def region_weights(self, semantic: torch.Tensor) -> torch.Tensor:
+        """(B, K, h, w) soft region weights of a semantic map (B, S, h, w), summing to 1 per
+        pixel; a batch repeating one map (stride 0) is computed once."""
+        if semantic.shape[0] > 1 and semantic.stride(0) == 0:
+            return self.region_weights(semantic[:1]).expand(semantic.shape[0], -1, -1, -1)
+        return self.region_logits(semantic).softmax(1)
 
 
 class MappingNetwork(nn.Module):
@@ -101,7 +131,8 @@ class TowerLevel(nn.Module):
         semantic = config.semantic_channels if config.semantic_encoder else 0
         self.input_conv = wn_conv(config.in_channels + config.local_code_channels + semantic + previous, channels)
         self.rrdbs = nn.ModuleList(RRDB(channels, config.growth[level]) for _ in range(config.rrdbs[level]))
-        self.adains = nn.ModuleList(AdaIN(channels, config.mapping_width) for _ in range(config.rrdbs[level]))
+        self.adains = nn.ModuleList(AdaIN(channels, config.mapping_width, config.region_styles, semantic)
+                                    for _ in range(config.rrdbs[level]))
         self.trunk_conv = wn_conv(channels, channels)
         self.upsample_conv = wn_conv(channels, channels)
         self.refine_conv = wn_conv(channels, channels)
@@ -118,7 +149,7 @@ class TowerLevel(nn.Module):
         stem = self.stem(x, local_code, semantic, previous)
         h = stem
         for rrdb, adain in zip(self.rrdbs, self.adains):
-            h = adain(rrdb(h), w)
+            h = adain(rrdb(h), w, semantic)
         return self.tail(stem + self.trunk_conv(h))  # long skip
 
     # The parts of `forward` between its AdaINs, which normalise over the whole image; each

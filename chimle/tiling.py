@@ -117,7 +117,7 @@ def render_tiled(net: TowerImplicitModel, x: torch.Tensor, codes: LatentCodes,
                              STEM_RADIUS, size, on_tile=count(STEM_COST))
             h = stem
             for rrdb, adain in zip(tower.rrdbs, tower.adains):
-                h = adain(map_tiles(rrdb, [h], RRDB_RADIUS, size, on_tile=count(RRDB_COST)), w)
+                h = adain(map_tiles(rrdb, [h], RRDB_RADIUS, size, on_tile=count(RRDB_COST)), w, semantic)
             h = stem + map_tiles(tower.trunk_conv, [h], TRUNK_RADIUS, size, on_tile=count(TRUNK_COST))
             # The next level needs this level's features; of the last level only the output.
             part = 1 if level == len(net.levels) - 1 else 0

@@ -71,6 +71,9 @@ class TrainConfig:
             model gets the frozen AlexNet features of its input (`chimle.semantic`).
         input_skip: every level outputs its input plus a learned correction
             (`ModelConfig.input_skip`); for restoration tasks, not colourization.
+        region_styles: the global code styles this many semantic regions of the image
+            separately (`ModelConfig.region_styles`; needs the semantic prior). A run from
+            a model without them (`init_from`) grows them, starting as that model.
         init_from: a model file (.safetensors) whose weights the run starts from (not its
             optimiser state); the model's sizes are then that file's.
         method: "chimle" (hierarchical search) or "cimle".
@@ -100,6 +103,7 @@ class TrainConfig:
     preset: str = "cpu"
     semantic_prior: str = "preset"
     input_skip: bool = False
+    region_styles: int = 0
     init_from: str = ""
     method: str = "chimle"
     samples_per_level: tuple[int, ...] | None = None
@@ -173,6 +177,8 @@ class TrainConfig:
             "semantic_encoder": "" if self.semantic_prior == "none" else self.semantic_prior}
         if self.input_skip:
             overrides["input_skip"] = True
+        if self.region_styles:
+            overrides["region_styles"] = self.region_styles
         return preset(self.preset, task.in_channels, task.out_channels, **overrides)
 
     def search_config(self, num_levels: int) -> SearchConfig:
@@ -300,13 +306,25 @@ def _build_model(config: TrainConfig, task: Task, resumed: RunPaths | None = Non
     # Same task, and the parameters may differ: a model of blind JPEG (qualities 5 to 40) is a
     # good start for quality 1. The lineage keeps each leg's own task parameters.
     source = load_checkpoint(config.init_from, expected_task=task.name)
-    if source.net.config != wanted:
-        have, want = dataclasses.asdict(source.net.config), dataclasses.asdict(wanted)
-        differences = {k: (v, want[k]) for k, v in have.items() if v != want[k]}
-        raise ValueError(f"{config.init_from} does not have the sizes of preset {config.preset!r} with "
-                         f"semantic prior {config.semantic_prior!r}: (file, preset) differ in {differences}")
     previous = source.metadata.get("lineage") or [_leg_from_metadata(config.init_from, source.metadata)]
-    return source.net.train(), previous
+    if source.net.config == wanted:
+        return source.net.train(), previous
+    if source.net.config.replace(region_styles=wanted.region_styles) == wanted and not source.net.config.region_styles:
+        return grow_region_styles(source.net, wanted).train(), previous
+    have, want = dataclasses.asdict(source.net.config), dataclasses.asdict(wanted)
+    differences = {k: (v, want[k]) for k, v in have.items() if v != want[k]}
+    raise ValueError(f"{config.init_from} does not have the sizes of preset {config.preset!r} with "
+                     f"semantic prior {config.semantic_prior!r}: (file, preset) differ in {differences}")
+
+
+def grow_region_styles(net: TowerImplicitModel, wanted: ModelConfig) -> TowerImplicitModel:
+    """A model of config `wanted` (`net`'s, with region styles) holding `net`'s weights; its
+    region styles start at zero, so it renders as `net` does until it trains."""
+    grown = TowerImplicitModel(wanted)
+    missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
+    if unexpected or not all(".region_" in name for name in missing):
+        raise ValueError(f"cannot grow region styles: unexpected {unexpected}, missing {missing}")
+    return grown
 
 
 @dataclass(frozen=True)
@@ -319,11 +337,13 @@ class InitOptions:
     preset: str
     semantic_prior: str
     input_skip: bool = False
+    region_styles: int = 0
 
     def arguments(self) -> list[str]:
         """These options as `python -m chimle train` flags."""
         flags = ["--task", self.task, "--preset", self.preset, "--semantic-prior", self.semantic_prior]
         flags += ["--input-skip"] if self.input_skip else []
+        flags += ["--region-styles", str(self.region_styles)] if self.region_styles else []
         return flags + (["--task-params", json.dumps(self.task_params)] if self.task_params else [])
 
 
@@ -340,9 +360,9 @@ def init_options(path: str | os.PathLike) -> InitOptions:
     for name in PRESETS:
         for prior in SEMANTIC_PRIORS:
             candidate = TrainConfig(task=task.name, task_params=params, preset=name, semantic_prior=prior,
-                                    input_skip=wanted.input_skip)
+                                    input_skip=wanted.input_skip, region_styles=wanted.region_styles)
             if candidate.model_config(candidate.build_task()) == wanted:
-                return InitOptions(task.name, params, name, prior, wanted.input_skip)
+                return InitOptions(task.name, params, name, prior, wanted.input_skip, wanted.region_styles)
     raise ValueError(f"{path}: no preset builds this model's sizes, so no run can start from it")
 
 

@@ -8,7 +8,7 @@ import torch
 from chimle.codes import LatentCodes
 from chimle.config import PRESETS, ModelConfig, preset
 from chimle.imageops import resize
-from chimle.model import TowerImplicitModel, count_parameters
+from chimle.model import AdaIN, TowerImplicitModel, count_parameters
 from chimle.tasks import TASK_NAMES, make_task
 
 from .conftest import tiny_model
@@ -176,3 +176,58 @@ def test_with_the_input_skip_each_level_outputs_its_input_plus_the_heads_correct
     assert "input_skip" not in plain_config.to_dict() and skip_config.to_dict()["input_skip"] is True
     assert ModelConfig.from_dict(skip_config.to_dict()) == skip_config
     assert ModelConfig.from_dict(plain_config.to_dict()) == plain_config
+
+
+# -- region styles (ModelConfig.region_styles) ------------------------------------------------
+
+
+def test_region_styles_need_the_semantic_prior_and_leave_other_models_descriptions_as_they_were():
+    with pytest.raises(ValueError, match="needs a semantic encoder"):
+        preset("tiny", 1, 2, region_styles=4)
+    with pytest.raises(ValueError, match="region_styles must be >= 0"):
+        preset("tiny", 1, 2, semantic_encoder="alexnet", region_styles=-1)
+    plain = preset("tiny", 1, 2, semantic_encoder="alexnet")
+    assert "region_styles" not in plain.to_dict()  # fingerprints of existing models stay
+    regions = plain.replace(region_styles=4)
+    assert ModelConfig.from_dict(regions.to_dict()) == regions
+
+
+def test_a_region_style_moves_only_its_region():
+    """With two regions, left and right half of the semantic map, a code that styles only
+    the left region changes only the left half: what one style per image cannot do."""
+    torch.manual_seed(0)
+    adain = AdaIN(channels=3, w_dim=4, regions=2, semantic_channels=1)
+    with torch.no_grad():
+        adain.region_logits.weight.copy_(torch.tensor([[1.0], [-1.0]])[..., None, None] * 50)
+        adain.region_logits.bias.zero_()
+        adain.region_affine.weight.zero_()
+        adain.region_affine.weight[0:3].normal_()  # gamma of region 0 (rows: gamma/beta, region, channel)
+    semantic = torch.cat([torch.ones(1, 1, 8, 4), -torch.ones(1, 1, 8, 4)], 3)  # left: region 0
+    weights = adain.region_weights(semantic)
+    torch.testing.assert_close(weights.sum(1), torch.ones(1, 8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    one, other = adain(x, torch.randn(2, 4), semantic), adain(x, torch.randn(2, 4), semantic)
+    assert (one[..., :4] - other[..., :4]).abs().mean() > 0.1
+    torch.testing.assert_close(one[..., 4:], other[..., 4:], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="needs the semantic map"):
+        adain(x, torch.randn(2, 4))
+
+
+def test_growing_region_styles_keeps_the_models_renders_until_it_trains():
+    from chimle.train import grow_region_styles
+
+    task = make_task("colourization")
+    net = TowerImplicitModel(preset("tiny", task.in_channels, task.out_channels, semantic_encoder="alexnet",
+                                    semantic_channels=4)).eval()
+    for level in net.levels:
+        for adain in level.adains:
+            torch.nn.init.normal_(adain.affine.weight, std=0.5)
+    grown = grow_region_styles(net, net.config.replace(region_styles=3)).eval()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    codes = LatentCodes.sample(net.code_shape((32, 32)), 2, torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.equal(grown(x, codes)[-1], net(x, codes)[-1])
+    with torch.no_grad():
+        grown.levels[0].adains[0].region_affine.weight.normal_()
+    with torch.inference_mode():
+        assert not torch.equal(grown(x, codes)[-1], net(x, codes)[-1])

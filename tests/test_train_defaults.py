@@ -152,6 +152,25 @@ def test_init_options_name_the_preset_and_semantic_prior_that_build_a_model(phot
         _build_model(without, without.build_task())
 
 
+def test_a_run_from_a_model_without_region_styles_grows_them_and_its_model_carries_them(photo_folders, tmp_path):
+    first = tmp_path / "first"
+    train(quick_config(photo_folders["plain"], semantic_prior="alexnet"), first, progress=False)
+    source = load_checkpoint(first / "model.safetensors").net
+    config = quick_config(photo_folders["plain"], semantic_prior="alexnet", region_styles=3,
+                          init_from=str(first / "model.safetensors"))
+    net, lineage = _build_model(config, config.build_task())
+    assert net.config.region_styles == 3 and [leg["steps"] for leg in lineage] == [2]
+    assert all(torch.equal(net.state_dict()[name], tensor) for name, tensor in source.state_dict().items())
+    second = tmp_path / "second"
+    train(config, second, progress=False)
+    options = init_options(second / "model.safetensors")
+    assert options.region_styles == 3 and options.arguments()[-2:] == ["--region-styles", "3"]
+    # Its own continuation needs the option: a run without it would drop the region styles.
+    without = dataclasses.replace(config, init_from=str(second / "model.safetensors"), region_styles=0)
+    with pytest.raises(ValueError, match="region_styles"):
+        _build_model(without, without.build_task())
+
+
 def test_init_from_refuses_a_model_of_other_sizes_or_another_task(photo_folders, tmp_path):
     task = make_task("colourization")
     path = tmp_path / "cpu.safetensors"
