@@ -114,7 +114,6 @@ class ModelConfig:
         if self.input_skip and self.in_channels != self.out_channels:
             raise ValueError(f"input_skip adds the input to the output, so it needs as many input as "
                              f"output channels (got {self.in_channels} and {self.out_channels})")
-
         if not isinstance(self.region_styles, int) or self.region_styles < 0:
             raise ValueError(f"region_styles must be >= 0 (0: one style per image), got {self.region_styles!r}")
         if self.region_styles and not self.semantic_encoder:

@@ -69,8 +69,8 @@ class AdaIN(nn.Module):
     image: a 1x1 conv and a softmax over the semantic map give each pixel soft weights over
     `regions` regions, and w sets a scale and a shift per region. A code then styles the
     regions of one photo separately (grass greener, the coat redder) instead of only
-    tinting all of it, as one style per image must. The regions come from the input alone,
-    so they are computed once per photo's render, whatever the code.
+    tinting all of it, as one style per image must. The regions depend on the input alone:
+    a batch of codes for one photo computes them once per AdaIN.
     """
 
     def __init__(self, channels: int, w_dim: int, regions: int = 0, semantic_channels: int = 0) -> None:
