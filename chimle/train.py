@@ -361,7 +361,11 @@ def init_options(path: str | os.PathLike) -> InitOptions:
         for prior in SEMANTIC_PRIORS:
             candidate = TrainConfig(task=task.name, task_params=params, preset=name, semantic_prior=prior,
                                     input_skip=wanted.input_skip, region_styles=wanted.region_styles)
-            if candidate.model_config(candidate.build_task()) == wanted:
+            try:
+                built = candidate.model_config(candidate.build_task())
+            except ValueError:  # an impossible pair, such as region styles with no semantic prior
+                continue
+            if built == wanted:
                 return InitOptions(task.name, params, name, prior, wanted.input_skip, wanted.region_styles)
     raise ValueError(f"{path}: no preset builds this model's sizes, so no run can start from it")
 
