@@ -54,7 +54,24 @@ def _stroke(path, size: tuple[int, int], colour=(255, 0, 0)) -> str:
     return str(path)
 
 
-def test_long_jobs_leave_no_openmp_team_behind(tmp_path):
+@pytest.fixture
+def render_thread_with_process_threads():
+    """The render thread with as many torch threads as the test process's main thread.
+
+    torch fixes a thread's OpenMP team size the first time that thread runs torch work, from
+    the process setting of that moment, so a render thread first used under another test
+    module's one-thread fixture keeps a team of one (no workers to count) for the whole
+    session. The app sets its threads before its first render; this puts the render thread
+    where the app's would be, and back afterwards.
+    """
+    process_threads, previous = torch.get_num_threads(), RENDERS.run(torch.get_num_threads)
+    RENDERS.run(torch.set_num_threads, process_threads)
+    yield
+    RENDERS.run(torch.set_num_threads, previous)
+    torch.set_num_threads(process_threads)  # set_num_threads also sets what new threads start with
+
+
+def test_long_jobs_leave_no_openmp_team_behind(tmp_path, render_thread_with_process_threads):
     if RENDERS.run(torch.get_num_threads) < 2:
         pytest.skip("one torch thread: no OpenMP teams to count")
     checkpoints = tmp_path / "checkpoints"
