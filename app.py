@@ -21,7 +21,8 @@ from chimle.editing import MAX_SEED, NUM_DIRECTIONS
 from chimle.images import IMAGE_EXTENSIONS
 from chimle.studio.handlers import Downloads, Studio, StudioSettings, examples_for_task, find_examples, model_choices
 from chimle.studio.models import default_model, find_models
-from chimle.studio.memory import release_free_memory_periodically
+from chimle.studio.memory import (RELEASE_AFTER_IDLE_SECONDS, RELEASE_AT_LEAST_EVERY_SECONDS,
+                                  release_free_memory_periodically)
 from chimle.studio.direct import NO_HOPS, without_hops
 from chimle.studio.render_thread import RENDERS
 from chimle.studio.inputs import StudioBlocks
@@ -435,8 +436,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    # Many users' renders otherwise leave the process holding memory it has freed.
-    release_free_memory_periodically()
+    # Many users' renders otherwise leave the process holding memory it has freed; released
+    # while users work, each render would fault its memory in again (chimle/studio/memory.py).
+    release_free_memory_periodically(when=lambda: RENDERS.idle_seconds() >= RELEASE_AFTER_IDLE_SECONDS,
+                                     at_least_every=RELEASE_AT_LEAST_EVERY_SECONDS)
     settings = settings_from_args(args)
     demo = build_demo(settings, concurrency=args.concurrency, max_queue=args.max_queue)
     host = args.host or ("0.0.0.0" if on_spaces() else None)

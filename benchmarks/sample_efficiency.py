@@ -26,7 +26,7 @@ and target alike) to 32 px; the final level, and so every reported distance, is 
 full size. The defaults (64 px, 2 photos, 10,000 samples each, 8 seeds) take about 13
 minutes of one idle core (a sample costs about 0.036 CPU-seconds on a 2-core AMD EPYC VM);
 --crop-size 128 is the training crop and needs no upsampling, at about four times the cost
-per sample. Writes sample_efficiency.json and sample_efficiency.png under --out.
+per sample. Writes sample_efficiency.json, .table.md and .png under --out (--stem renames them).
 """
 
 from __future__ import annotations
@@ -412,6 +412,8 @@ def main() -> None:
                         help="photos fitted to this side before the crop; 0: their own size (as eval --max-side 0)")
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--stem", default="sample_efficiency",
+                        help="the written files' name: STEM.json, STEM.png and STEM.table.md")
     args = parser.parse_args()
 
     checkpoint = load_checkpoint(args.checkpoint)
@@ -439,16 +441,18 @@ def main() -> None:
                   date=time.strftime("%Y-%m-%d"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "sample_efficiency.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / f"{args.stem}.json", json.dumps(result, indent=1) + "\n")
     chimle = result["variants"][0]
     factor = chimle["cimle_samples_to_match"]
+    table = markdown_table(result)
+    atomic_write_text(out / f"{args.stem}.table.md", f"{settings}\n\n{table}\n")
     print()
-    print(markdown_table(result))
+    print(table)
     print(f"\nfactor: cIMLE needs {_match_text(factor, args.max_samples)} samples to match CHIMLE's "
           f"{chimle['candidates']} candidates ({chimle['cost_full_renders']:.2f} full-render equivalents)")
     print(f"time: cIMLE draws {result['seconds']['cimle_draws']:.0f} s, searches {result['seconds']['searches']:.0f} s")
-    plot(result, out / "sample_efficiency.png", settings)
-    print(f"wrote {out / 'sample_efficiency.json'} and {out / 'sample_efficiency.png'}")
+    plot(result, out / f"{args.stem}.png", settings)
+    print(f"wrote {out / args.stem}.json, .table.md and .png")
 
 
 if __name__ == "__main__":

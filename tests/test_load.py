@@ -89,3 +89,41 @@ def test_freed_heap_memory_goes_back_to_the_system():
     assert done.returncode == 0, done.stderr
     before, after = map(float, done.stdout.split())
     assert before - after > 150, (before, after)
+
+
+def test_the_periodic_release_waits_for_its_condition_or_its_deadline():
+    # A trimmer told to release only when a flag is set (the app: when renders have paused)
+    # leaves freed memory alone until the flag is set; a second one with a deadline releases
+    # once the deadline passes, whatever its condition says.
+    script = textwrap.dedent("""
+        import sys, time
+        from chimle.studio import memory
+
+        def rss_mb():
+            with open("/proc/self/status") as status:
+                return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
+        def freed_heap():
+            blocks = [bytes(4000) for _ in range(50_000)]
+            live = bytes(4000)
+            del blocks
+            return live
+
+        allowed = False
+        deadline = None if sys.argv[1] == "flag" else 1.0
+        assert memory.release_free_memory_periodically(0.05, when=lambda: allowed, at_least_every=deadline)
+        keep = freed_heap()
+        before = rss_mb()
+        time.sleep(0.5)
+        held = rss_mb()
+        allowed = sys.argv[1] == "flag"
+        time.sleep(1.5)
+        print(before, held, rss_mb())
+    """)
+    for mode in ("flag", "deadline"):
+        done = subprocess.run([sys.executable, "-c", script, mode], cwd=REPO, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        before, held, after = map(float, done.stdout.split())
+        assert before - held < 20, (mode, before, held)  # not released while it may not
+        assert held - after > 150, (mode, held, after)

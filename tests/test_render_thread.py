@@ -50,6 +50,28 @@ def test_a_render_that_calls_another_runs_it_directly_and_errors_reach_the_calle
     assert renders.run(lambda: "still serving") == "still serving"
 
 
+def test_idle_seconds_are_zero_while_work_is_queued_or_running_and_count_from_its_end():
+    renders = RenderThread()
+    started, release = threading.Event(), threading.Event()
+
+    def work():
+        started.set()
+        release.wait(5)
+
+    running = renders.submit(work)
+    queued = renders.submit(lambda: None)
+    started.wait(5)
+    time.sleep(0.05)
+    assert renders.idle_seconds() == 0.0
+    release.set()
+    running.result(5)
+    queued.result(5)
+    time.sleep(0.2)
+    assert 0.15 <= renders.idle_seconds() < 5
+    renders.run(lambda: None)
+    assert renders.idle_seconds() < 0.15
+
+
 def test_stream_yields_what_the_work_shows_then_raises_its_error():
     renders = RenderThread()
     threads = set()

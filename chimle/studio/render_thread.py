@@ -32,6 +32,7 @@ import functools
 import inspect
 import queue
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
@@ -47,11 +48,16 @@ class RenderThread:
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
         self._thread_ident: int | None = None
+        self._pending = 0  # submitted and not yet finished
+        self._last_finished = time.monotonic()
+        self._count_lock = threading.Lock()
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
         """Queue `fn(*args, **kwargs)`; it sees the caller's context variables (Gradio's
         progress and request context live there)."""
         context = contextvars.copy_context()
+        with self._count_lock:
+            self._pending += 1
         return self._executor.submit(self._remember_thread, context.run, fn, *args, **kwargs)
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -84,9 +90,19 @@ class RenderThread:
     def on_thread(self) -> bool:
         return self._thread_ident == threading.get_ident()
 
+    def idle_seconds(self) -> float:
+        """How long the thread has had nothing to do (0 while work is queued or running)."""
+        with self._count_lock:
+            return 0.0 if self._pending else time.monotonic() - self._last_finished
+
     def _remember_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         self._thread_ident = threading.get_ident()
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._count_lock:
+                self._pending -= 1
+                self._last_finished = time.monotonic()
 
     def wrap(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         """`handler` as an event handler that runs on the render thread, with the same
