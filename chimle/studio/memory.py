@@ -1,8 +1,9 @@
 """Hand memory that renders have freed back to the operating system.
 
 glibc's malloc keeps freed memory in its arenas for reuse, and a render's activations
-(tens to hundreds of MB) come and go on whichever of Gradio's worker threads runs it. Over
-many users the app's resident memory then grows far past what it holds: with the shipped
+(tens to hundreds of MB) came and went on whichever of Gradio's worker threads ran it
+(before the render thread; long jobs still run on threads of their own). Over many users
+the app's resident memory then grew far past what it held: with the shipped
 colourization model at 256x256, 16 users at once took the app from 1030 to 1358 MB
 (+32%) and a burst of 48 requests to 1918 MB (+86%), of which the sessions' own data is
 about 80 MB. `malloc_trim(0)` returns the free pages of every arena; called once a second
