@@ -38,7 +38,8 @@ TRAIN_HELP = {
     "cimle_samples": "cIMLE samples per search (default: the sum of --samples-per-level, equal cost)",
     "iterative_construction": "CHIMLE ablation switch (IC)",
     "partial_evaluation": "CHIMLE ablation switch (PE)",
-    "rejection_threshold": "RS-IMLE: the search never chooses a candidate closer than this LPIPS (0: off)",
+    "rejection_threshold": "RS-IMLE: the search never chooses a candidate closer than this LPIPS; one value "
+                           "for every level or one per level, coarse to fine (default: 0, off)",
     "zero_codes": "fix every code to zero, no search: the unimodal baseline",
     "steps": "total gradient steps",
     "time_budget_minutes": "finish once training has run this many minutes (0: no limit)",
@@ -87,7 +88,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif item.name in ("samples_per_level",):
             kwargs.update(type=int, nargs="+")
-        elif item.name == "level_weights":
+        elif item.name in ("level_weights", "rejection_threshold"):
             kwargs.update(type=float, nargs="+")
         elif item.name == "task_params":
             kwargs["type"] = json.loads

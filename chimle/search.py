@@ -21,7 +21,7 @@ image, then level by level, global before local), so results do not depend on ch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -49,7 +49,10 @@ class SearchConfig:
             it off. IMLE's chosen sample is the one already nearest the photo, so training
             polishes outputs the model can already make and leaves its typical samples, the
             ones a user draws, where they are; choosing among samples at least this far
-            pulls those instead (docs/method.md#rs-imle).
+            pulls those instead (docs/method.md#rs-imle). One value for every level, or one
+            per level, coarse to fine: the levels' distances differ in scale (a 64 px
+            partial output is nearer its target than the full one), so one value that
+            suits the last level rejects nearly every candidate of the first.
     """
 
     samples_per_level: tuple[int, ...] = (16, 8, 4)
@@ -57,19 +60,31 @@ class SearchConfig:
     partial_evaluation: bool = True
     code_division: bool = True
     chunk_size: int = 32
-    rejection_threshold: float = 0.0
+    rejection_threshold: float | tuple[float, ...] = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "samples_per_level", tuple(self.samples_per_level))
+        object.__setattr__(self, "rejection_threshold", normalise_thresholds(self.rejection_threshold))
         if not self.samples_per_level or any(not isinstance(m, int) or m < 1 for m in self.samples_per_level):
             raise ValueError(f"samples_per_level must be positive integers, got {self.samples_per_level}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
-        if not self.rejection_threshold >= 0:
+        thresholds = self.rejection_threshold if isinstance(self.rejection_threshold, tuple) else ()
+        if not all(t >= 0 for t in thresholds or (self.rejection_threshold,)):
             raise ValueError(f"rejection_threshold must be >= 0, got {self.rejection_threshold}")
+        if thresholds and not (self.code_division and len(thresholds) == len(self.samples_per_level)):
+            raise ValueError(f"rejection_threshold has {len(thresholds)} values: give one, or one per level "
+                             f"of a search with code division ({len(self.samples_per_level)} here)")
         if not self.code_division and (self.iterative_construction or self.partial_evaluation):
             raise ValueError("iterative construction and partial evaluation need code division: "
                              "turn them off too (that is cIMLE)")
+
+    def threshold_of(self, component: int) -> float:
+        """The rejection threshold of the `component`-th searched component (a level, with
+        code division)."""
+        if isinstance(self.rejection_threshold, tuple):
+            return self.rejection_threshold[component]
+        return self.rejection_threshold
 
     @property
     def total_candidates(self) -> int:
@@ -77,7 +92,8 @@ class SearchConfig:
         return sum(self.samples_per_level)
 
     @classmethod
-    def cimle(cls, num_samples: int, chunk_size: int = 32, rejection_threshold: float = 0.0) -> "SearchConfig":
+    def cimle(cls, num_samples: int, chunk_size: int = 32,
+              rejection_threshold: float | tuple[float, ...] = 0.0) -> "SearchConfig":
         """cIMLE as the ablation with every switch off."""
         return cls((num_samples,), False, False, False, chunk_size, rejection_threshold)
 
@@ -152,6 +168,17 @@ def chosen_distances(net: TowerImplicitModel, task: Task, distance: Distance, x:
     return torch.stack([distance(task.to_rgb(x, out), target) for out, target in zip(outputs, targets)], 1)
 
 
+def normalise_thresholds(value: float | Sequence[float]) -> float | tuple[float, ...]:
+    """A rejection threshold as `SearchConfig` keeps it: one float for every level, or a
+    tuple of one per level (a list from JSON or the command line; one value is every level's)."""
+    if isinstance(value, (list, tuple)):
+        values = tuple(float(v) for v in value)
+        if not values:
+            raise ValueError("rejection_threshold needs a value (0: off)")
+        return values[0] if len(values) == 1 else values
+    return float(value)
+
+
 def _select(distances: torch.Tensor, per_image: int, rejection_threshold: float = 0.0) -> torch.Tensor:
     """Index into the candidate list of each image's best candidate (first on ties), among
     those at least `rejection_threshold` away where there are any (`SearchConfig`)."""
@@ -192,7 +219,7 @@ def chimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: to
         context = net.encode(x, shape.local_sizes)
         chosen = LatentCodes.zeros(shape, batch, x.device)
         winner_distances = []
-        for component, per_image in components:
+        for index, (component, per_image) in enumerate(components):
             first, last = component[0], component[-1]
             # Levels drawn at random for every candidate: the component itself, then the
             # coarser levels without IC and the finer ones without PE.
@@ -217,7 +244,7 @@ def chimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: to
             distances = evaluate_candidates(net, task, distance, x, candidates, owners, targets[upto - 1],
                                             upto, config.chunk_size, prefix, first if prefix is not None else 0,
                                             context)
-            best = _select(distances, per_image, config.rejection_threshold)
+            best = _select(distances, per_image, config.threshold_of(index))
             winners = candidates[best]
             for level in component:
                 chosen = chosen.replace_level(level, winners)

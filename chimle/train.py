@@ -41,7 +41,7 @@ from .model import TowerImplicitModel
 from .perceptual import load_perceptual_distance
 from .runs import (FINISHED, RUNNING, STOPPED, RunPaths, TrainingFailed, append_metrics, append_validation, now,
                    read_validation, record_failure, truncate_metrics, write_status)
-from .search import Distance, SearchConfig, chimle_search
+from .search import Distance, SearchConfig, chimle_search, normalise_thresholds
 from .tasks import TASK_NAMES, Task, make_task
 
 METHODS = ("chimle", "cimle")
@@ -82,7 +82,8 @@ class TrainConfig:
         cimle_samples: cIMLE's samples per search; default sum(samples_per_level), the
             same number of candidate evaluations (equal cost).
         iterative_construction, partial_evaluation: CHIMLE ablation switches.
-        rejection_threshold: RS-IMLE's rejection in the search (`SearchConfig`); 0: off.
+        rejection_threshold: RS-IMLE's rejection in the search (`SearchConfig`): one value
+            for every level or one per level; 0: off.
         zero_codes: fix every code to zero and skip the search: the unimodal baseline.
         steps: total gradient steps.
         time_budget_minutes: finish early once training has run this long (0: no limit);
@@ -110,7 +111,7 @@ class TrainConfig:
     cimle_samples: int | None = None
     iterative_construction: bool = True
     partial_evaluation: bool = True
-    rejection_threshold: float = 0.0
+    rejection_threshold: float | tuple[float, ...] = 0.0
     zero_codes: bool = False
     steps: int = 3000
     time_budget_minutes: float = 0.0
@@ -140,6 +141,7 @@ class TrainConfig:
             self.samples_per_level = tuple(self.samples_per_level)
         if self.level_weights is not None:
             self.level_weights = tuple(self.level_weights)
+        self.rejection_threshold = normalise_thresholds(self.rejection_threshold)
         self.validate()
 
     def validate(self) -> None:
@@ -161,8 +163,11 @@ class TrainConfig:
             raise ValueError(f"batch_size {self.batch_size} is larger than pool_size {self.pool_size}")
         if not (self.lr > 0 and self.mapping_lr_multiplier > 0):
             raise ValueError("lr and mapping_lr_multiplier must be positive")
-        if not self.rejection_threshold >= 0:
+        thresholds = self.rejection_threshold if isinstance(self.rejection_threshold, tuple) else (self.rejection_threshold,)
+        if not all(t >= 0 for t in thresholds):
             raise ValueError(f"rejection_threshold must be >= 0 (0: off), got {self.rejection_threshold!r}")
+        if len(thresholds) > 1 and self.method == "cimle":
+            raise ValueError("cIMLE searches whole codes: give one rejection_threshold, not one per level")
 
     def build_task(self) -> Task:
         """The task, its defaults fitted to the preset: super-resolution by 2^levels."""

@@ -108,3 +108,27 @@ def test_a_search_with_rejection_never_chooses_a_rejected_candidate_where_anothe
     # at least the threshold away or was the nearest of an all-rejected level.
     assert not rejecting.codes.equal(plain.codes)
     assert torch.all((rejecting.distances >= threshold) | (rejecting.distances <= plain.distances + 1e-6))
+
+
+def test_a_threshold_per_level_rejects_at_its_own_level_only(lpips_alex):
+    net, task, x, y, _ = _planted_problem()
+    plain = chimle_search(net, task, lpips_alex, x, y, SearchConfig((16, 16)), torch.Generator().manual_seed(0))
+    threshold = float(plain.distances[:, -1].max()) + 1e-3  # every plain level-2 winner would be rejected
+    rejecting = chimle_search(net, task, lpips_alex, x, y, SearchConfig((16, 16), rejection_threshold=(0.0, threshold)),
+                              torch.Generator().manual_seed(0))
+    # Level 1 is chosen as without rejection; level 2, from the same candidates, is not.
+    assert torch.equal(rejecting.codes.globals[0], plain.codes.globals[0])
+    assert torch.equal(rejecting.codes.locals[0], plain.codes.locals[0])
+    assert not torch.equal(rejecting.codes.locals[1], plain.codes.locals[1])
+    assert torch.all((rejecting.distances[:, 1] >= threshold) | (rejecting.distances[:, 1] <= plain.distances[:, 1] + 1e-6))
+
+
+def test_thresholds_per_level_must_match_the_levels_searched():
+    assert SearchConfig((4, 4), rejection_threshold=[0.05]).rejection_threshold == 0.05  # one value: every level
+    assert SearchConfig((4, 4), rejection_threshold=[0.02, 0.05]).threshold_of(1) == 0.05
+    with pytest.raises(ValueError, match="one per level"):
+        SearchConfig((4, 4, 4), rejection_threshold=(0.02, 0.05))
+    with pytest.raises(ValueError, match="one per level"):
+        SearchConfig.cimle(8, rejection_threshold=(0.02, 0.05))
+    with pytest.raises(ValueError, match=">= 0"):
+        SearchConfig((4, 4), rejection_threshold=(0.02, -0.05))

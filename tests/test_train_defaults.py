@@ -180,3 +180,19 @@ def test_init_from_refuses_a_model_of_other_sizes_or_another_task(photo_folders,
     jpeg = quick_config(photo_folders["plain"], init_from=str(path), task="jpeg")
     with pytest.raises(ValueError, match="colourization"):
         _build_model(jpeg, jpeg.build_task())
+
+
+def test_rejection_thresholds_per_level_pass_from_the_command_line_to_the_search_and_back_from_json():
+    from chimle.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--data", "d", "--rejection-threshold", "0.03", "0.07", "0.08"])
+    config = TrainConfig(data="d", rejection_threshold=args.rejection_threshold)
+    assert config.search_config(3).rejection_threshold == (0.03, 0.07, 0.08)
+    # config.json holds a list; the run it resumes searches with the same thresholds.
+    again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again.search_config(3).threshold_of(2) == 0.08
+    assert TrainConfig(data="d", rejection_threshold=[0.05]).search_config(3).threshold_of(0) == 0.05
+    with pytest.raises(ValueError, match="one per level"):
+        config.search_config(2)
+    with pytest.raises(ValueError, match="cIMLE"):
+        TrainConfig(data="d", method="cimle", rejection_threshold=(0.03, 0.07, 0.08))
