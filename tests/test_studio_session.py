@@ -247,6 +247,18 @@ def test_switching_models_drops_codes_and_keeps_the_photo(session, models):
     assert session.result_image().size == (64, 64)
 
 
+def test_the_input_preview_is_the_input_of_the_current_photo_and_model(models):
+    session = StudioSession()
+    session.set_input(models["colour"], photo("astronaut", (64, 64)), 64)
+    grey = session.input_preview(models["colour"])
+    assert session.input_preview(models["colour"]) is grey  # an edit does not compute it again
+    assert np.asarray(grey, dtype=float).std(axis=2).max() < 1  # grey, to rounding: colourization's input
+    session.set_input(models["colour"], photo("chelsea", (64, 64)), 64)
+    assert not np.array_equal(np.asarray(session.input_preview(models["colour"])), np.asarray(grey))
+    session.set_model(models["jpeg"])
+    assert np.asarray(session.input_preview(models["jpeg"]), dtype=float).std(axis=2).max() > 10  # the JPEG's colours
+
+
 def test_reference_is_matched_to_the_result_size(models):
     session = StudioSession()
     session.set_input(models["colour"], photo("chelsea", (100, 80)), 64)
