@@ -39,7 +39,7 @@ from .fileio import atomic_write_json, atomic_write_text
 from .inception import INCEPTION_INSTALL_HINT, InceptionWeightsError, load_inception_features
 from .ivo import IvOConfig
 from .metrics import (DEFAULT_IVO_THRESHOLD, best_and_mean_lpips, colourfulness, faithfulness_weighted_variance,
-                      fid_kid, ivo_error, lpips_diversity, prd_scores, psnr)
+                      fid_kid, ivo_error, lpips_diversity, prd_scores, psnr, tint_share)
 from .perceptual import MIN_IMAGE_SIZE, load_perceptual_distance
 from .pipeline import PreparedInput, render
 from .tasks import make_task
@@ -51,7 +51,8 @@ FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 
 # Averaged over photos into the summary; in this order in the per-image entries.
 PER_IMAGE_METRICS = ("baseline_lpips", "baseline_psnr", "lpips_diversity", "fwv", "best_lpips", "mean_lpips",
-                     "best_psnr", "mean_psnr", "colourfulness", "true_colourfulness", "ivo_mse", "ivo_lpips")
+                     "best_psnr", "mean_psnr", "colourfulness", "true_colourfulness", "tint_share", "ivo_mse",
+                     "ivo_lpips")
 # Computed over all photos at once from features; None when there are no features.
 FEATURE_METRICS = ("fid", "kid_mean", "kid_std", "kid_subset_size", "prd_f8", "prd_f1_8",
                    "prd_num_clusters")
@@ -168,6 +169,8 @@ def _sample_metrics(samples: torch.Tensor, observed: torch.Tensor, distance, sig
         "mean_psnr": _mean([_finite_or_none(float(value)) for value in psnr(samples, observed)]),
         "colourfulness": float(colourfulness(samples).mean()),
         "true_colourfulness": float(colourfulness(observed)[0]),
+        # Whether the samples colour the photo's parts differently or only tint all of it.
+        "tint_share": tint_share(samples),
     }
 
 

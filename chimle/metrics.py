@@ -20,6 +20,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from .color import rgb_to_lab
 from .imageops import to_unit_range
 from .ivo import IvOConfig, invert
 from .model import TowerImplicitModel
@@ -276,6 +277,35 @@ def colourfulness(images: torch.Tensor) -> torch.Tensor:
     spread = (rg.flatten(1).std(1, unbiased=False) ** 2 + yb.flatten(1).std(1, unbiased=False) ** 2).sqrt()
     offset = (rg.flatten(1).mean(1) ** 2 + yb.flatten(1).mean(1) ** 2).sqrt()
     return (spread + 0.3 * offset).float()
+
+
+def tint_share(samples: torch.Tensor) -> float | None:
+    """How much of the samples' colour variation is one colour cast per sample: 1 when the
+    samples of a photo differ only by a tint of the whole image, near 0 when they colour
+    its parts differently (a red cap in one, a blue cap in another, the wall the same).
+
+    In CIELab, each sample's chroma (a, b) minus the samples' mean at every pixel is its
+    deviation; the share is the energy of each deviation's spatial mean (the cast) over the
+    energy of the deviations. A cast that fades with lightness, as a tint of RGB values
+    does, counts partly as local: the measure errs toward calling a tint local, not the
+    reverse.
+
+    Args:
+        samples: (K, 3, H, W) samples of one photo, RGB in [-1, 1].
+    Returns:
+        The share in [0, 1]; None for fewer than 2 samples or samples of identical colour.
+    """
+    if samples.dim() != 4 or samples.shape[1] != 3:
+        raise ValueError(f"expected RGB samples (K, 3, H, W), got {tuple(samples.shape)}")
+    if samples.shape[0] < 2:
+        return None
+    chroma = rgb_to_lab(to_unit_range(samples.double()))[:, 1:]
+    deviation = chroma - chroma.mean(0, keepdim=True)
+    total = deviation.pow(2).mean()
+    if total < 1e-12:
+        return None
+    cast = deviation.mean((2, 3), keepdim=True)
+    return float(cast.pow(2).mean() / total)  # cast.mean() over pixels equals deviation's share
 
 
 # ---------------------------------------------------------------------------------------

@@ -54,11 +54,12 @@ def test_report_has_every_metric_in_range(tmp_path, held_out):
     assert report["num_images"] == 2
     assert [entry["file"] for entry in report["per_image"]] == ["chelsea.png", "coffee.png"]
     assert set(report["per_image"][0]) == {"file", "baseline_lpips", "baseline_psnr", "lpips_diversity", "fwv",
-                                           "best_lpips", "mean_lpips", "best_psnr", "mean_psnr", "colourfulness", "true_colourfulness", "ivo_mse",
-                                           "ivo_lpips", "ivo_converged"}
+                                           "best_lpips", "mean_lpips", "best_psnr", "mean_psnr", "colourfulness", "true_colourfulness",
+                                           "tint_share", "ivo_mse", "ivo_lpips", "ivo_converged"}
     summary = report["summary"]
     assert set(summary) == {"baseline_lpips", "baseline_psnr", "lpips_diversity", "fwv", "fwv_sigma", "best_lpips",
-                            "mean_lpips", "best_psnr", "mean_psnr", "colourfulness", "true_colourfulness", "ivo_mse", "ivo_lpips", "ivo_converged_rate", "fid", "kid_mean", "kid_std",
+                            "mean_lpips", "best_psnr", "mean_psnr", "colourfulness", "true_colourfulness", "tint_share", "ivo_mse",
+                            "ivo_lpips", "ivo_converged_rate", "fid", "kid_mean", "kid_std",
                             "kid_subset_size", "prd_f8", "prd_f1_8", "prd_num_clusters"}
     for name in ("baseline_lpips", "lpips_diversity", "fwv", "best_lpips", "mean_lpips", "ivo_lpips"):
         assert 0 <= summary[name] < 2, name
@@ -71,6 +72,7 @@ def test_report_has_every_metric_in_range(tmp_path, held_out):
     assert 0 <= summary["prd_f8"] <= 1 and 0 <= summary["prd_f1_8"] <= 1
     assert any("biased upwards" in note for note in report["notes"])
     assert summary["true_colourfulness"] > 5  # real colour photos
+    assert summary["tint_share"] is None or 0 <= summary["tint_share"] <= 1
 
 
 def test_whole_photos_are_evaluated_at_their_own_size(tmp_path):

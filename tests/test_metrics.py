@@ -205,3 +205,27 @@ def test_colourfulness_is_zero_for_grey_and_grows_with_saturation():
     assert scores[0] < 1e-3
     assert 0 < scores[1] < scores[2]
     assert abs(float(scores[1]) * 2 - float(scores[2])) < 0.05 * float(scores[2])  # linear in chroma
+
+
+def test_tint_share_tells_a_cast_of_the_whole_photo_from_parts_coloured_apart():
+    from chimle.color import lab_to_rgb, rgb_to_lab
+    from chimle.metrics import tint_share
+    from tests.conftest import photo
+
+    lab = rgb_to_lab((photo("coffee") + 1) / 2)
+    lab[:, 1:] *= 0.5  # room in the gamut for the shifts below, so clipping does not blur them
+
+    def samples(shifts: list[torch.Tensor]) -> torch.Tensor:
+        """One sample per (2, H, W) shift of (a, b), RGB in [-1, 1]."""
+        return torch.cat([lab_to_rgb(torch.cat([lab[:, :1], lab[:, 1:] + shift], 1)) * 2 - 1 for shift in shifts])
+
+    height, width = lab.shape[-2:]
+    flat = torch.ones(1, height, width)
+    casts = [torch.cat([a * flat, b * flat]) for a, b in ((8, 0), (-8, 4), (0, -8), (4, 8))]
+    left = (torch.arange(width) < width // 2).float().expand(height, width)
+    halves = left - (1 - left)  # +1 on the left half, -1 on the right: no cast of the whole photo
+    parts = [torch.cat([a * halves[None], b * halves[None]]) for a, b in ((8, 0), (-8, 4), (0, -8), (4, 8))]
+    assert tint_share(samples(casts)) > 0.9
+    assert tint_share(samples(parts)) < 0.1
+    assert tint_share(samples(casts[:1])) is None  # one sample: nothing varies
+    assert tint_share(samples([casts[0], casts[0]])) is None

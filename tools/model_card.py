@@ -135,6 +135,9 @@ def figures_section(report: dict, task: str) -> list[str]:
     if summary.get("colourfulness") is not None:
         lines.append(f"| colourfulness of the samples / of the true photos (Hasler and Suesstrunk) | "
                      f"{summary['colourfulness']:.1f} / {summary['true_colourfulness']:.1f} |")
+    if summary.get("tint_share") is not None:
+        lines.append(f"| tint share: of the samples' colour variation, the part that tints the whole photo "
+                     f"(1: a tint only; `chimle.metrics.tint_share`) | {summary['tint_share']:.2f} |")
     if options["ivo_steps"]:
         lines.append(f"| IvO MSE after {options['ivo_steps']} steps | {summary['ivo_mse']:.5f} |")
     else:
