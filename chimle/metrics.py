@@ -305,7 +305,7 @@ def tint_share(samples: torch.Tensor) -> float | None:
     if total < 1e-12:
         return None
     cast = deviation.mean((2, 3), keepdim=True)
-    return float(cast.pow(2).mean() / total)  # cast.mean() over pixels equals deviation's share
+    return float(cast.pow(2).mean() / total)  # both are energies per sample, pixel and channel
 
 
 # ---------------------------------------------------------------------------------------

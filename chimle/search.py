@@ -69,10 +69,10 @@ class SearchConfig:
             raise ValueError(f"samples_per_level must be positive integers, got {self.samples_per_level}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
-        thresholds = self.rejection_threshold if isinstance(self.rejection_threshold, tuple) else ()
-        if not all(t >= 0 for t in thresholds or (self.rejection_threshold,)):
+        thresholds = self.rejection_threshold if isinstance(self.rejection_threshold, tuple) else (self.rejection_threshold,)
+        if not all(t >= 0 for t in thresholds):
             raise ValueError(f"rejection_threshold must be >= 0, got {self.rejection_threshold}")
-        if thresholds and not (self.code_division and len(thresholds) == len(self.samples_per_level)):
+        if len(thresholds) > 1 and not (self.code_division and len(thresholds) == len(self.samples_per_level)):
             raise ValueError(f"rejection_threshold has {len(thresholds)} values: give one, or one per level "
                              f"of a search with code division ({len(self.samples_per_level)} here)")
         if not self.code_division and (self.iterative_construction or self.partial_evaluation):
