@@ -69,7 +69,7 @@ class SearchConfig:
             raise ValueError(f"samples_per_level must be positive integers, got {self.samples_per_level}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
-        thresholds = self.rejection_threshold if isinstance(self.rejection_threshold, tuple) else (self.rejection_threshold,)
+        thresholds = threshold_values(self.rejection_threshold)
         if not all(t >= 0 for t in thresholds):
             raise ValueError(f"rejection_threshold must be >= 0, got {self.rejection_threshold}")
         if len(thresholds) > 1 and not (self.code_division and len(thresholds) == len(self.samples_per_level)):
@@ -177,6 +177,11 @@ def normalise_thresholds(value: float | Sequence[float]) -> float | tuple[float,
             raise ValueError("rejection_threshold needs a value (0: off)")
         return values[0] if len(values) == 1 else values
     return float(value)
+
+
+def threshold_values(value: float | tuple[float, ...]) -> tuple[float, ...]:
+    """A normalised rejection threshold's values: one, or one per level."""
+    return value if isinstance(value, tuple) else (value,)
 
 
 def _select(distances: torch.Tensor, per_image: int, rejection_threshold: float = 0.0) -> torch.Tensor:

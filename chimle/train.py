@@ -41,7 +41,7 @@ from .model import TowerImplicitModel
 from .perceptual import load_perceptual_distance
 from .runs import (FINISHED, RUNNING, STOPPED, RunPaths, TrainingFailed, append_metrics, append_validation, now,
                    read_validation, record_failure, truncate_metrics, write_status)
-from .search import Distance, SearchConfig, chimle_search, normalise_thresholds
+from .search import Distance, SearchConfig, chimle_search, normalise_thresholds, threshold_values
 from .tasks import TASK_NAMES, Task, make_task
 
 METHODS = ("chimle", "cimle")
@@ -163,7 +163,7 @@ class TrainConfig:
             raise ValueError(f"batch_size {self.batch_size} is larger than pool_size {self.pool_size}")
         if not (self.lr > 0 and self.mapping_lr_multiplier > 0):
             raise ValueError("lr and mapping_lr_multiplier must be positive")
-        thresholds = self.rejection_threshold if isinstance(self.rejection_threshold, tuple) else (self.rejection_threshold,)
+        thresholds = threshold_values(self.rejection_threshold)
         if not all(t >= 0 for t in thresholds):
             raise ValueError(f"rejection_threshold must be >= 0 (0: off), got {self.rejection_threshold!r}")
         if len(thresholds) > 1 and self.method == "cimle":
