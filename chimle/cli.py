@@ -32,6 +32,9 @@ TRAIN_HELP = {
     "input_skip": "every level outputs its input plus a learned correction (restoration tasks)",
     "region_styles": "the global code styles this many semantic regions of the photo separately "
                      "(needs the semantic prior; 0: one style per photo, the paper's model)",
+    "region_codes": "the coarsest local code is pooled over this many semantic regions of the photo, each "
+                    "region's vector styling its region: colours chosen object by object (needs the semantic "
+                    "prior; 0: off, the paper's model)",
     "init_from": "start from this model file's weights (not its optimiser); a shipped model keeps improving",
     "method": "code search: chimle (hierarchical) or cimle",
     "samples_per_level": "CHIMLE candidates per level, coarse to fine (default: 12 6 4..., one per level)",
@@ -40,6 +43,8 @@ TRAIN_HELP = {
     "partial_evaluation": "CHIMLE ablation switch (PE)",
     "rejection_threshold": "RS-IMLE: the search never chooses a candidate closer than this LPIPS; one value "
                            "for every level or one per level, coarse to fine (default: 0, off)",
+    "samples_per_region": "redraws of each region's level-1 code in the search, region after region "
+                          "(default: 3 with --region-codes, else 0)",
     "zero_codes": "fix every code to zero, no search: the unimodal baseline",
     "steps": "total gradient steps",
     "time_budget_minutes": "finish once training has run this many minutes (0: no limit)",
@@ -92,7 +97,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
             kwargs.update(type=float, nargs="+")
         elif item.name == "task_params":
             kwargs["type"] = json.loads
-        elif isinstance(default, (int, float)) and not isinstance(default, bool) or item.name == "cimle_samples":
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) or item.name in ("cimle_samples", "samples_per_region"):
             kwargs["type"] = float if isinstance(default, float) else int
         parser.add_argument(flag, **kwargs)
 

@@ -51,6 +51,12 @@ class ModelConfig:
             global code styles each region separately (`model.AdaIN`), so that one code can
             colour the sky and the car differently rather than tint the whole photo. 0 (the
             paper's model): one style per image.
+        region_codes: with a semantic encoder, the coarsest level's local code is pooled
+            over this many soft semantic regions (`model.RegionPool`) and each region's
+            vector styles that region: the local code then chooses the colours of the
+            photo's objects one by one, and the search can choose them region by region
+            (`search.SearchConfig.samples_per_region`). 0 (the paper's model): the local
+            code acts pixel by pixel only.
     """
 
     in_channels: int = 3
@@ -67,6 +73,7 @@ class ModelConfig:
     semantic_scale: int = 2
     input_skip: bool = False
     region_styles: int = 0
+    region_codes: int = 0
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; normalise so equality still holds.
@@ -118,15 +125,22 @@ class ModelConfig:
             raise ValueError(f"region_styles must be >= 0 (0: one style per image), got {self.region_styles!r}")
         if self.region_styles and not self.semantic_encoder:
             raise ValueError("region_styles needs a semantic encoder: its maps say where the regions are")
+        if not isinstance(self.region_codes, int) or self.region_codes < 0:
+            raise ValueError(f"region_codes must be >= 0 (0: off), got {self.region_codes!r}")
+        if self.region_codes and not self.semantic_encoder:
+            raise ValueError("region_codes needs a semantic encoder: its maps say where the regions are")
+        if self.region_codes and not self.local_code_channels:
+            raise ValueError("region_codes pools the local code: it needs local_code_channels >= 1")
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
-        # Models without the skip or the region styles describe themselves as before these
-        # existed, so their fingerprints (and the codes saved for them) stay valid.
+        # Models without the skip, the region styles or the region codes describe themselves
+        # as before these existed, so their fingerprints (and the codes saved for them) stay valid.
         if not self.input_skip:
             del values["input_skip"]
-        if not self.region_styles:
-            del values["region_styles"]
+        for name in ("region_styles", "region_codes"):
+            if not values[name]:
+                del values[name]
         return values
 
     @classmethod

@@ -62,6 +62,55 @@ class RRDB(nn.Module):
         return x + RESIDUAL_SCALE * self.blocks(x)
 
 
+@dataclass
+class RegionCodes:
+    """The local code of a level pooled over the soft semantic regions of its input
+    (`RegionPool`): one vector per region, and where each region lies.
+
+    Attributes:
+        weights: (B, K, h, w) soft region weights, summing to 1 per pixel.
+        vectors: (B, K, C) one code vector per region, each N(0, I) when the local code is.
+    """
+
+    weights: torch.Tensor
+    vectors: torch.Tensor
+
+
+class RegionPool(nn.Module):
+    """Divides a level's local code by the objects of the photo (`ModelConfig.region_codes`).
+
+    A 1x1 conv and a softmax over the semantic map give each pixel soft weights over K
+    regions; region k's vector is the local code summed over its pixels with those weights,
+    divided by the root of the weights' sum of squares. For a local code drawn from N(0, I)
+    every region's vector is then N(0, I) too, whatever the region's size, and regions that
+    hardly overlap get nearly independent vectors: redrawing the code on one object's pixels
+    redraws that object's vector and leaves the others'. The AdaINs turn each vector into a
+    style of its own region, so one sample can make the car red and the sky grey, and the
+    next the car blue, which one global code over the whole photo cannot (it can only tint).
+    """
+
+    def __init__(self, semantic_channels: int, regions: int) -> None:
+        super().__init__()
+        self.logits = nn.Conv2d(semantic_channels, regions, 1)
+
+    def region_weights(self, semantic: torch.Tensor) -> torch.Tensor:
+        """(B, K, h, w) soft weights; a batch repeating one map (stride 0) is computed once."""
+        if semantic.shape[0] > 1 and semantic.stride(0) == 0:
+            return self.region_weights(semantic[:1]).expand(semantic.shape[0], -1, -1, -1)
+        return self.logits(semantic).softmax(1)
+
+    def forward(self, local_code: torch.Tensor, semantic: torch.Tensor) -> RegionCodes:
+        weights = self.region_weights(semantic).expand(local_code.shape[0], -1, -1, -1)
+        sums = torch.einsum("bkhw,bchw->bkc", weights, local_code)
+        norms = weights.square().sum((2, 3)).clamp_min(1e-12).sqrt()  # (B, K)
+        return RegionCodes(weights, sums / norms[:, :, None])
+
+    def partition(self, semantic: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) index of each pixel's strongest region: the hard division the search
+        redraws region by region (`chimle.search`)."""
+        return self.region_weights(semantic).argmax(1)
+
+
 class AdaIN(nn.Module):
     """Instance-normalise, then scale by (1 + gamma) and shift by beta, linear in w.
 
@@ -71,9 +120,13 @@ class AdaIN(nn.Module):
     regions of one photo separately (grass greener, the coat redder) instead of only
     tinting all of it, as one style per image must. The regions depend on the input alone:
     a batch of codes for one photo computes them once per AdaIN.
+
+    With `code_channels` > 0 (`ModelConfig.region_codes`) each region vector of a
+    `RegionCodes` adds a scale and a shift of its own over its own region.
     """
 
-    def __init__(self, channels: int, w_dim: int, regions: int = 0, semantic_channels: int = 0) -> None:
+    def __init__(self, channels: int, w_dim: int, regions: int = 0, semantic_channels: int = 0,
+                 code_channels: int = 0) -> None:
         super().__init__()
         self.affine = nn.Linear(w_dim, 2 * channels)
         # Start as a plain instance norm so an untrained global stream does no harm.
@@ -86,8 +139,13 @@ class AdaIN(nn.Module):
             # The logits keep their random start, which is what lets the regions differ.
             nn.init.zeros_(self.region_affine.weight)
             nn.init.zeros_(self.region_affine.bias)
+        self.region_code_affine = nn.Linear(code_channels, 2 * channels, bias=False) if code_channels else None
+        if code_channels:
+            # Zero, as above: a model grown with region codes starts as it was.
+            nn.init.zeros_(self.region_code_affine.weight)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, semantic: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, semantic: torch.Tensor | None = None,
+                region_codes: RegionCodes | None = None) -> torch.Tensor:
         gamma, beta = self.affine(w)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
         if self.region_affine is not None:
             if semantic is None:
@@ -97,6 +155,13 @@ class AdaIN(nn.Module):
             styles = self.region_affine(w).view(batch, 2, regions, -1)  # (B, 2, K, C)
             gamma = gamma + torch.einsum("bkc,bkhw->bchw", styles[:, 0], weights)
             beta = beta + torch.einsum("bkc,bkhw->bchw", styles[:, 1], weights)
+        if self.region_code_affine is not None:
+            if region_codes is None:
+                raise ValueError("an AdaIN with region codes needs the level's RegionCodes")
+            styles = self.region_code_affine(region_codes.vectors)  # (B, K, 2C)
+            scale, shift = styles.chunk(2, dim=2)
+            gamma = gamma + torch.einsum("bkc,bkhw->bchw", scale, region_codes.weights)
+            beta = beta + torch.einsum("bkc,bkhw->bchw", shift, region_codes.weights)
         return F.instance_norm(x) * (1 + gamma) + beta
 
     def region_weights(self, semantic: torch.Tensor) -> torch.Tensor:
@@ -131,7 +196,12 @@ class TowerLevel(nn.Module):
         semantic = config.semantic_channels if config.semantic_encoder else 0
         self.input_conv = wn_conv(config.in_channels + config.local_code_channels + semantic + previous, channels)
         self.rrdbs = nn.ModuleList(RRDB(channels, config.growth[level]) for _ in range(config.rrdbs[level]))
-        self.adains = nn.ModuleList(AdaIN(channels, config.mapping_width, config.region_styles, semantic)
+        # Region codes divide the coarsest level's local code, the one that sets the colours.
+        region_codes = config.region_codes if level == 0 else 0
+        self.region_pool = RegionPool(semantic, region_codes) if region_codes else None
+        code_channels = config.local_code_channels if region_codes else 0
+        self.adains = nn.ModuleList(AdaIN(channels, config.mapping_width, config.region_styles, semantic,
+                                          code_channels)
                                     for _ in range(config.rrdbs[level]))
         self.trunk_conv = wn_conv(channels, channels)
         self.upsample_conv = wn_conv(channels, channels)
@@ -147,10 +217,19 @@ class TowerLevel(nn.Module):
                 previous: torch.Tensor | None, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (features at 2 r_l for the next level, output image at 2 r_l)."""
         stem = self.stem(x, local_code, semantic, previous)
+        region_codes = self.region_codes(local_code, semantic)
         h = stem
         for rrdb, adain in zip(self.rrdbs, self.adains):
-            h = adain(rrdb(h), w, semantic)
+            h = adain(rrdb(h), w, semantic, region_codes)
         return self.tail(stem + self.trunk_conv(h))  # long skip
+
+    def region_codes(self, local_code: torch.Tensor, semantic: torch.Tensor | None) -> RegionCodes | None:
+        """The local code pooled over the input's regions (None for a level without region codes)."""
+        if self.region_pool is None:
+            return None
+        if semantic is None:
+            raise ValueError("a level with region codes needs the semantic map")
+        return self.region_pool(local_code, semantic)
 
     # The parts of `forward` between its AdaINs, which normalise over the whole image; each
     # is local (a pixel depends on a bounded neighbourhood), so `chimle.tiling` can run it

@@ -13,6 +13,10 @@ then searches level 2 given it, and so on. Three switches remove its ideas one a
 - code_division=False: the code is one whole; this needs the other two off, and then the
   search is exactly cIMLE with sum(m_l) samples.
 
+A model with region codes (`ModelConfig.region_codes`) has its level-1 local code divided
+by the photo's objects too; with `samples_per_region` the search then chooses level 1's
+component region by region, as it chooses the code level by level (`refine_regions`).
+
 Every search runs in inference mode, batched over candidates and images in chunks of
 `chunk_size` forward passes, and consumes the random generator in a fixed order (image by
 image, then level by level, global before local), so results do not depend on chunking.
@@ -53,6 +57,11 @@ class SearchConfig:
             per level, coarse to fine: the levels' distances differ in scale (a 64 px
             partial output is nearer its target than the full one), so one value that
             suits the last level rejects nearly every candidate of the first.
+        samples_per_region: for a model with region codes, after level 1's winner is
+            chosen, redraw its local code on each region's pixels this many times, region
+            after region, and keep a redraw where it comes closer (`refine_regions`). K
+            regions and m redraws choose among (m + 1)^K colourings for K x m cheap level-1
+            evaluations; m whole level-1 candidates choose among m. 0: off.
     """
 
     samples_per_level: tuple[int, ...] = (16, 8, 4)
@@ -61,6 +70,7 @@ class SearchConfig:
     code_division: bool = True
     chunk_size: int = 32
     rejection_threshold: float | tuple[float, ...] = 0.0
+    samples_per_region: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "samples_per_level", tuple(self.samples_per_level))
@@ -75,6 +85,12 @@ class SearchConfig:
         if len(thresholds) > 1 and not (self.code_division and len(thresholds) == len(self.samples_per_level)):
             raise ValueError(f"rejection_threshold has {len(thresholds)} values: give one, or one per level "
                              f"of a search with code division ({len(self.samples_per_level)} here)")
+        if not isinstance(self.samples_per_region, int) or self.samples_per_region < 0:
+            raise ValueError(f"samples_per_region must be >= 0 (0: off), got {self.samples_per_region!r}")
+        if self.samples_per_region and not (self.code_division and self.iterative_construction
+                                            and self.partial_evaluation):
+            raise ValueError("samples_per_region refines level 1's chosen code with level 1's output: "
+                             "it needs code division, iterative construction and partial evaluation")
         if not self.code_division and (self.iterative_construction or self.partial_evaluation):
             raise ValueError("iterative construction and partial evaluation need code division: "
                              "turn them off too (that is cIMLE)")
@@ -196,6 +212,53 @@ def _select(distances: torch.Tensor, per_image: int, rejection_threshold: float 
     return best + torch.arange(best.shape[0], device=best.device) * per_image
 
 
+def refine_regions(net: TowerImplicitModel, task: Task, distance: Distance, x: torch.Tensor,
+                   chosen: LatentCodes, chosen_distance: torch.Tensor, target: torch.Tensor,
+                   context: list[torch.Tensor], config: SearchConfig,
+                   generator: torch.Generator | None) -> tuple[LatentCodes, torch.Tensor, int]:
+    """Choose the level-1 local code region by region (`SearchConfig.samples_per_region`).
+
+    For each region k in turn (the hard partition of `RegionPool.partition`), draw m new
+    local codes on region k's pixels, the rest kept, and keep whichever of the current code
+    and the m redraws comes closest to level 1's target (with RS-IMLE's rejection). A region
+    vector depends mostly on its own pixels, so each round chooses one object's colours
+    with the others fixed: the iterative construction of CHIMLE, over regions instead of
+    levels. Draws consume `generator` region by region, image by image.
+
+    Returns:
+        the refined codes, their level-1 distances (B,), and evaluations spent per image.
+    """
+    per_region = config.samples_per_region
+    pool = net.levels[0].region_pool
+    if pool is None:
+        raise ValueError("samples_per_region needs a model with region codes (ModelConfig.region_codes)")
+    batch = x.shape[0]
+    shape = chosen.shape
+    partition = pool.partition(context[0]).expand(batch, -1, -1)  # (B, h, w)
+    owners = torch.arange(batch, device=x.device).repeat_interleave(per_region + 1)
+    spent = 0
+    for region in range(pool.logits.out_channels):
+        inside = (partition == region)[:, None]  # (B, 1, h, w)
+        if not inside.any():  # no pixel of any image: nothing to redraw
+            continue
+        spent += per_region + 1
+        local = chosen.locals[0].repeat_interleave(per_region + 1, 0)
+        redraws = torch.stack([LatentCodes.sample_level(shape, 0, per_region, generator, x.device)[1]
+                               for _ in range(batch)])  # (B, m, C, h, w)
+        redraws = torch.cat([chosen.locals[0][:, None], redraws], 1).flatten(0, 1)  # current first
+        mask = inside.repeat_interleave(per_region + 1, 0)
+        candidates = chosen.repeat_interleave(per_region + 1).with_level(
+            0, local_code=torch.where(mask, redraws, local))
+        # The current code's distance is known; evaluating it again keeps the batching simple
+        # and costs one of m + 1 evaluations.
+        distances = evaluate_candidates(net, task, distance, x, candidates, owners, target, 1,
+                                        config.chunk_size, context=context)
+        best = _select(distances, per_region + 1, config.threshold_of(0))
+        chosen = chosen.with_level(0, local_code=candidates.locals[0][best])
+        chosen_distance = distances[best]
+    return chosen, chosen_distance, spent
+
+
 def chimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: torch.Tensor,
                   y: torch.Tensor, config: SearchConfig,
                   generator: torch.Generator | None = None) -> SearchResult:
@@ -224,6 +287,7 @@ def chimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: to
         context = net.encode(x, shape.local_sizes)
         chosen = LatentCodes.zeros(shape, batch, x.device)
         winner_distances = []
+        region_evaluations = 0
         for index, (component, per_image) in enumerate(components):
             first, last = component[0], component[-1]
             # Levels drawn at random for every candidate: the component itself, then the
@@ -253,14 +317,19 @@ def chimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: to
             winners = candidates[best]
             for level in component:
                 chosen = chosen.replace_level(level, winners)
-            winner_distances.append(distances[best])
+            winner_distance = distances[best]
+            if config.samples_per_region and index == 0:
+                chosen, winner_distance, spent = refine_regions(net, task, distance, x, chosen, winner_distance,
+                                                                targets[0], context, config, generator)
+                region_evaluations += spent
+            winner_distances.append(winner_distance)
         if config.iterative_construction and config.partial_evaluation:
             # Level l's output depends on levels <= l only, all fixed by now: the distances
             # measured when each winner was chosen are final.
             final = torch.stack(winner_distances, 1)
         else:
             final = chosen_distances(net, task, distance, x, chosen, targets)
-    return SearchResult(chosen, final, config.total_candidates)
+    return SearchResult(chosen, final, config.total_candidates + region_evaluations)
 
 
 def cimle_search(net: TowerImplicitModel, task: Task, distance: Distance, x: torch.Tensor,

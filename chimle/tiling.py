@@ -115,9 +115,11 @@ def render_tiled(net: TowerImplicitModel, x: torch.Tensor, codes: LatentCodes,
             semantic = context[level] if context is not None else None
             stem = map_tiles(tower.stem, [resize(x, sizes[level]), codes.locals[level], semantic, previous],
                              STEM_RADIUS, size, on_tile=count(STEM_COST))
+            region_codes = tower.region_codes(codes.locals[level], semantic)  # pooled over the whole map
             h = stem
             for rrdb, adain in zip(tower.rrdbs, tower.adains):
-                h = adain(map_tiles(rrdb, [h], RRDB_RADIUS, size, on_tile=count(RRDB_COST)), w, semantic)
+                h = adain(map_tiles(rrdb, [h], RRDB_RADIUS, size, on_tile=count(RRDB_COST)), w, semantic,
+                          region_codes)
             h = stem + map_tiles(tower.trunk_conv, [h], TRUNK_RADIUS, size, on_tile=count(TRUNK_COST))
             # The next level needs this level's features; of the last level only the output.
             part = 1 if level == len(net.levels) - 1 else 0

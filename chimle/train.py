@@ -48,6 +48,11 @@ METHODS = ("chimle", "cimle")
 SEMANTIC_PRIORS = ("preset", "alexnet", "none")
 
 
+# The search's redraws per region of a model with region codes (`SearchConfig.samples_per_region`):
+# 8 regions x 3 cost 24 level-1 evaluations, about what levels 2 and 3 cost.
+DEFAULT_SAMPLES_PER_REGION = 3
+
+
 def default_samples_per_level(num_levels: int) -> tuple[int, ...]:
     """The search budget of the shipped cpu models, (12, 6, 4), fitted to any depth.
 
@@ -74,6 +79,12 @@ class TrainConfig:
         region_styles: the global code styles this many semantic regions of the image
             separately (`ModelConfig.region_styles`; needs the semantic prior). A run from
             a model without them (`init_from`) grows them, starting as that model.
+        region_codes: the coarsest local code is pooled over this many semantic regions,
+            each region's vector styling its region (`ModelConfig.region_codes`; needs the
+            semantic prior); grown as region styles are.
+        samples_per_region: the search's redraws of each region's level-1 code
+            (`SearchConfig.samples_per_region`); default `DEFAULT_SAMPLES_PER_REGION` with
+            region codes, else 0.
         init_from: a model file (.safetensors) whose weights the run starts from (not its
             optimiser state); the model's sizes are then that file's.
         method: "chimle" (hierarchical search) or "cimle".
@@ -105,6 +116,7 @@ class TrainConfig:
     semantic_prior: str = "preset"
     input_skip: bool = False
     region_styles: int = 0
+    region_codes: int = 0
     init_from: str = ""
     method: str = "chimle"
     samples_per_level: tuple[int, ...] | None = None
@@ -112,6 +124,7 @@ class TrainConfig:
     iterative_construction: bool = True
     partial_evaluation: bool = True
     rejection_threshold: float | tuple[float, ...] = 0.0
+    samples_per_region: int | None = None
     zero_codes: bool = False
     steps: int = 3000
     time_budget_minutes: float = 0.0
@@ -168,6 +181,10 @@ class TrainConfig:
             raise ValueError(f"rejection_threshold must be >= 0 (0: off), got {self.rejection_threshold!r}")
         if len(thresholds) > 1 and self.method == "cimle":
             raise ValueError("cIMLE searches whole codes: give one rejection_threshold, not one per level")
+        if self.samples_per_region and not self.region_codes:
+            raise ValueError("samples_per_region redraws region codes: it needs region_codes")
+        if self.samples_per_region and self.method == "cimle":
+            raise ValueError("cIMLE searches whole codes: samples_per_region is CHIMLE's")
 
     def build_task(self) -> Task:
         """The task, its defaults fitted to the preset: super-resolution by 2^levels."""
@@ -184,6 +201,8 @@ class TrainConfig:
             overrides["input_skip"] = True
         if self.region_styles:
             overrides["region_styles"] = self.region_styles
+        if self.region_codes:
+            overrides["region_codes"] = self.region_codes
         return preset(self.preset, task.in_channels, task.out_channels, **overrides)
 
     def search_config(self, num_levels: int) -> SearchConfig:
@@ -192,8 +211,11 @@ class TrainConfig:
         if self.method == "cimle":
             return SearchConfig.cimle(self.cimle_samples or sum(per_level), self.search_chunk,
                                       self.rejection_threshold)
+        per_region = self.samples_per_region
+        if per_region is None:
+            per_region = DEFAULT_SAMPLES_PER_REGION if self.region_codes else 0
         return SearchConfig(per_level, self.iterative_construction, self.partial_evaluation,
-                            True, self.search_chunk, self.rejection_threshold)
+                            True, self.search_chunk, self.rejection_threshold, per_region)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -314,21 +336,37 @@ def _build_model(config: TrainConfig, task: Task, resumed: RunPaths | None = Non
     previous = source.metadata.get("lineage") or [_leg_from_metadata(config.init_from, source.metadata)]
     if source.net.config == wanted:
         return source.net.train(), previous
-    if source.net.config.replace(region_styles=wanted.region_styles) == wanted and not source.net.config.region_styles:
-        return grow_region_styles(source.net, wanted).train(), previous
+    if can_grow(source.net.config, wanted):
+        return grow_regions(source.net, wanted).train(), previous
     have, want = dataclasses.asdict(source.net.config), dataclasses.asdict(wanted)
     differences = {k: (v, want[k]) for k, v in have.items() if v != want[k]}
     raise ValueError(f"{config.init_from} does not have the sizes of preset {config.preset!r} with "
                      f"semantic prior {config.semantic_prior!r}: (file, preset) differ in {differences}")
 
 
-def grow_region_styles(net: TowerImplicitModel, wanted: ModelConfig) -> TowerImplicitModel:
-    """A model of config `wanted` (`net`'s, with region styles) holding `net`'s weights; its
-    region styles start at zero, so it renders as `net` does until it trains."""
+def can_grow(have: ModelConfig, wanted: ModelConfig) -> bool:
+    """Whether `wanted` is `have` with region styles and/or region codes added (`grow_regions`)."""
+    grown = have.replace(region_styles=have.region_styles or wanted.region_styles,
+                         region_codes=have.region_codes or wanted.region_codes)
+    return grown == wanted and grown != have
+
+
+def grow_regions(net: TowerImplicitModel, wanted: ModelConfig) -> TowerImplicitModel:
+    """A model of config `wanted` (`net`'s, with region styles or region codes added) holding
+    `net`'s weights; the new styles start at zero, so it renders as `net` does until it trains.
+
+    New region codes take their regions from the first AdaIN's trained region styles where
+    the numbers agree: regions that already follow the objects the model colours.
+    """
     grown = TowerImplicitModel(wanted)
     missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
     if unexpected or not all(".region_" in name for name in missing):
-        raise ValueError(f"cannot grow region styles: unexpected {unexpected}, missing {missing}")
+        raise ValueError(f"cannot grow regions: unexpected {unexpected}, missing {missing}")
+    level = grown.levels[0]
+    trained = net.levels[0].adains[0].region_logits if net.levels[0].adains else None
+    if (not net.config.region_codes and level.region_pool is not None and trained is not None
+            and trained.out_channels == wanted.region_codes):
+        level.region_pool.logits.load_state_dict(trained.state_dict())
     return grown
 
 
@@ -343,12 +381,14 @@ class InitOptions:
     semantic_prior: str
     input_skip: bool = False
     region_styles: int = 0
+    region_codes: int = 0
 
     def arguments(self) -> list[str]:
         """These options as `python -m chimle train` flags."""
         flags = ["--task", self.task, "--preset", self.preset, "--semantic-prior", self.semantic_prior]
         flags += ["--input-skip"] if self.input_skip else []
         flags += ["--region-styles", str(self.region_styles)] if self.region_styles else []
+        flags += ["--region-codes", str(self.region_codes)] if self.region_codes else []
         return flags + (["--task-params", json.dumps(self.task_params)] if self.task_params else [])
 
 
@@ -365,13 +405,15 @@ def init_options(path: str | os.PathLike) -> InitOptions:
     for name in PRESETS:
         for prior in SEMANTIC_PRIORS:
             candidate = TrainConfig(task=task.name, task_params=params, preset=name, semantic_prior=prior,
-                                    input_skip=wanted.input_skip, region_styles=wanted.region_styles)
+                                    input_skip=wanted.input_skip, region_styles=wanted.region_styles,
+                                    region_codes=wanted.region_codes)
             try:
                 built = candidate.model_config(candidate.build_task())
             except ValueError:  # an impossible pair, such as region styles with no semantic prior
                 continue
             if built == wanted:
-                return InitOptions(task.name, params, name, prior, wanted.input_skip, wanted.region_styles)
+                return InitOptions(task.name, params, name, prior, wanted.input_skip, wanted.region_styles,
+                                   wanted.region_codes)
     raise ValueError(f"{path}: no preset builds this model's sizes, so no run can start from it")
 
 

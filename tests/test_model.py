@@ -214,7 +214,7 @@ def test_a_region_style_moves_only_its_region():
 
 
 def test_growing_region_styles_keeps_the_models_renders_until_it_trains():
-    from chimle.train import grow_region_styles
+    from chimle.train import grow_regions
 
     task = make_task("colourization")
     net = TowerImplicitModel(preset("tiny", task.in_channels, task.out_channels, semantic_encoder="alexnet",
@@ -222,7 +222,7 @@ def test_growing_region_styles_keeps_the_models_renders_until_it_trains():
     for level in net.levels:
         for adain in level.adains:
             torch.nn.init.normal_(adain.affine.weight, std=0.5)
-    grown = grow_region_styles(net, net.config.replace(region_styles=3)).eval()
+    grown = grow_regions(net, net.config.replace(region_styles=3)).eval()
     x = torch.rand(2, 1, 32, 32) * 2 - 1
     codes = LatentCodes.sample(net.code_shape((32, 32)), 2, torch.Generator().manual_seed(1))
     with torch.inference_mode():
