@@ -218,8 +218,13 @@ class Studio:
                 label = (f"Direction {index + 1} ({explained[index]:.0%} of variance)" if index < len(explained)
                          else f"Direction {index + 1}")
                 updates[slider] = gr.update(value=amount, label=label, visible=not visible or index < len(explained))
+            # A level with region codes pools its local code object by object: its seed picks
+            # the objects' colours, not only texture (docs/method.md#region-codes).
+            by_object = visible and model.net.levels[level].region_pool is not None
+            local_seed = gr.update(value=edit.local_seed,
+                                   label="Local seed (colours object by object)" if by_object else "Local seed")
             updates.update({widgets.global_seed: edit.global_seed, widgets.global_blend: edit.global_blend,
-                            widgets.local_seed: edit.local_seed, widgets.local_blend: edit.local_blend,
+                            widgets.local_seed: local_seed, widgets.local_blend: edit.local_blend,
                             widgets.noise_scale: edit.noise_scale,
                             widgets.lock: session.locked[level] if visible else False})
         return updates
