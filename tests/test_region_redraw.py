@@ -106,7 +106,7 @@ def test_only_the_painted_cells_of_the_levels_local_map_change(level):
 def test_without_adain_pixels_beyond_the_reach_are_bit_identical(level, rrdbs, monkeypatch):
     # AdaIN is the one non-local part of a level. Without it (no RRDBs, or AdaIN made the
     # identity) nothing may change beyond region_reach at all.
-    monkeypatch.setattr(AdaIN, "forward", lambda self, x, w, semantic=None: x)
+    monkeypatch.setattr(AdaIN, "forward", lambda self, x, w, semantic=None, region_codes=None: x)
     net, task = _model(rrdbs=rrdbs, levels=2)
     size = 2 * SIZE if rrdbs and level == 0 else SIZE  # room beyond the coarse level's reach of 113 px
     x, codes = _setup(net, size)
