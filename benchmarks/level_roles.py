@@ -10,7 +10,10 @@ photo (a center crop, degraded as the model's task), two measurements per level 
 - decides: the diversity of the final outputs (mean pairwise LPIPS) when only level l's
   code is re-drawn, the other levels fixed to one random code, as a share of the
   diversity when every level is re-drawn. Shares near 1 for level 1 and near 0 for the
-  others mean level 1 decides nearly everything users see vary.
+  others mean level 1 decides nearly everything users see vary. The same share for its
+  global code alone and its local code alone says which stream carries it, and the tint
+  share of those redraws (`chimle.metrics.tint_share`) whether it recolours the photo's
+  objects or tints the whole photo.
 - ranks: the Spearman correlation, across `--codes` random whole codes, between level l's
   partial distance (its output against the photo downsampled to its size: what the search
   judges it by) and the final distance. 1 means choosing by the partial output is as good
@@ -36,6 +39,7 @@ from chimle.codes import LatentCodes
 from chimle.fileio import atomic_write_json
 from chimle.model import TowerImplicitModel
 from chimle.perceptual import MIN_IMAGE_SIZE, load_perceptual_distance
+from chimle.metrics import tint_share
 from chimle.search import Distance, level_targets
 from chimle.tasks import Task
 
@@ -65,13 +69,24 @@ def level_roles(net: TowerImplicitModel, task: Task, distance: Distance, x: torc
     with torch.inference_mode():
         # decides: re-draw one level at a time around one random code.
         base = LatentCodes.sample(shape, 1, generator)
-        everything = mean_pairwise(distance, _finals(net, task, x, LatentCodes.sample(shape, redraws, generator),
-                                                     chunk))
-        decides = []
+        all_redrawn = _finals(net, task, x, LatentCodes.sample(shape, redraws, generator), chunk)
+        everything = mean_pairwise(distance, all_redrawn)
+        decides = {"both": [], "global": [], "local": []}
+        tints = {"all_levels": tint_share(all_redrawn), "global": [], "local": []}
         for level in range(net.num_levels):
             g, loc = LatentCodes.sample_level(shape, level, redraws, generator)
-            varied = base.repeat_interleave(redraws).with_level(level, g, loc)
-            decides.append(mean_pairwise(distance, _finals(net, task, x, varied, chunk)) / everything)
+            around = base.repeat_interleave(redraws)
+            for part, varied in (("both", around.with_level(level, g, loc)),
+                                 ("global", around.with_level(level, global_code=g)),
+                                 ("local", around.with_level(level, local_code=loc))):
+                if part == "global" and not shape.global_dim:
+                    decides[part].append(0.0)
+                    tints[part].append(None)
+                    continue
+                finals = _finals(net, task, x, varied, chunk)
+                decides[part].append(mean_pairwise(distance, finals) / everything)
+                if part != "both":
+                    tints[part].append(tint_share(finals))
         # ranks: partial against final distance over random whole codes.
         targets = level_targets(net, y)
         drawn = LatentCodes.sample(shape, codes, generator)
@@ -83,7 +98,18 @@ def level_roles(net: TowerImplicitModel, task: Task, distance: Distance, x: torc
                 partial[level].append(distance(task.to_rgb(xs, output), targets[level]))
         partial = [torch.cat(scores) for scores in partial]
         ranks = [float(spearmanr(scores.numpy(), partial[-1].numpy()).statistic) for scores in partial]
-    return {"decides": decides, "ranks": ranks, "diversity_all_levels": everything}
+    return {"decides": decides["both"], "decides_global": decides["global"], "decides_local": decides["local"],
+            "tint_share": tints, "ranks": ranks, "diversity_all_levels": everything}
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.mean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def _mean_of(values: list[float | None]) -> str:
+    """The mean of the measured values ("-" where none was: grey samples have no tint share)."""
+    measured = [value for value in values if value is not None]
+    return f"{statistics.mean(measured):.2f}" if measured else "-"
 
 
 def main() -> None:
@@ -116,15 +142,19 @@ def main() -> None:
 
     print(f"\n{args.checkpoint}, {len(names)} photos of {args.data}, {args.crop_size} px center crops, "
           f"{args.codes} codes ranked and {args.redraws} per diversity, seed {args.seed}")
-    print("| level | output size | decides: diversity share (mean, min-max) | ranks: Spearman with final (mean, min-max) |")
-    print("|---|---|---|---|")
+    print("| level | output size | decides: diversity share (mean, min-max) | its global code alone | its local code "
+          "alone | tint share of global / local redraws | ranks: Spearman with final (mean, min-max) |")
+    print("|---|---|---|---|---|---|---|")
     size = args.crop_size
     for level in range(net.num_levels):
-        decides = [photo["decides"][level] for photo in photos]
-        ranks = [photo["ranks"][level] for photo in photos]
         side = size // 2 ** (net.num_levels - 1 - level)
-        print(f"| {level + 1} | {side} px | {statistics.mean(decides):.2f} ({min(decides):.2f}-{max(decides):.2f}) "
-              f"| {statistics.mean(ranks):.2f} ({min(ranks):.2f}-{max(ranks):.2f}) |")
+        tints = [_mean_of([photo["tint_share"][part][level] for photo in photos]) for part in ("global", "local")]
+        print(f"| {level + 1} | {side} px | {_spread([photo['decides'][level] for photo in photos])} "
+              f"| {_spread([photo['decides_global'][level] for photo in photos])} "
+              f"| {_spread([photo['decides_local'][level] for photo in photos])} | {tints[0]} / {tints[1]} "
+              f"| {_spread([photo['ranks'][level] for photo in photos])} |")
+    print(f"tint share when every level is redrawn: "
+          f"{_mean_of([photo['tint_share']['all_levels'] for photo in photos])}")
     record = {"checkpoint": args.checkpoint, "data": args.data, "crop_size": args.crop_size,
               "max_side": args.max_side, "codes": args.codes, "redraws": args.redraws, "seed": args.seed,
               "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",

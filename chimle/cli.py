@@ -35,6 +35,8 @@ TRAIN_HELP = {
     "region_codes": "the coarsest local code is pooled over this many semantic regions of the photo, each "
                     "region's vector styling its region: colours chosen object by object (needs the semantic "
                     "prior; 0: off, the paper's model)",
+    "global_code": "--no-global-code: no global code; each level's style is learned, and the code varies the "
+                   "output only through its local maps (with --region-codes, colours object by object)",
     "init_from": "start from this model file's weights (not its optimiser); a shipped model keeps improving",
     "method": "code search: chimle (hierarchical) or cimle",
     "samples_per_level": "CHIMLE candidates per level, coarse to fine (default: 12 6 4..., one per level)",

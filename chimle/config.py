@@ -35,7 +35,12 @@ class ModelConfig:
         growth: dense-block growth channels of each level's RRDBs.
         rrdbs: number of RRDBs in each level.
         local_code_channels: channels of each level's local code map.
-        global_code_dim: length of each level's global code vector.
+        global_code_dim: length of each level's global code vector. 0: no global stream;
+            each level's style vector w is a learned constant instead of the mapping of a
+            global code, so the code varies the output only through its local maps (with
+            region codes, object by object). For colourization, where a global code is the
+            cheapest way for IMLE to cover a photo's colours and so learns a tint of the
+            whole photo (docs/method.md#region-codes).
         mapping_width: width of the mapping networks (the global stream).
         mapping_layers: depth of each mapping network.
         semantic_encoder: "alexnet" feeds every level features of a frozen ImageNet
@@ -97,12 +102,16 @@ class ModelConfig:
         positive = {
             "in_channels": self.in_channels, "out_channels": self.out_channels,
             "mapping_width": self.mapping_width, "mapping_layers": self.mapping_layers,
-            "global_code_dim": self.global_code_dim, "semantic_channels": self.semantic_channels,
+            "semantic_channels": self.semantic_channels,
             "semantic_scale": self.semantic_scale,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.global_code_dim, int) or self.global_code_dim < 0:
+            raise ValueError(f"global_code_dim must be >= 0 (0: no global stream), got {self.global_code_dim!r}")
+        if not self.global_code_dim and not self.local_code_channels:
+            raise ValueError("a model needs a code: global_code_dim and local_code_channels cannot both be 0")
         if not isinstance(self.local_code_channels, int) or self.local_code_channels < 0:
             raise ValueError(f"local_code_channels must be >= 0, got {self.local_code_channels!r}")
         from .semantic import ENCODERS

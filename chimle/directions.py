@@ -45,6 +45,8 @@ def global_directions(net: TowerImplicitModel, level: int, num: int = 4, samples
     if not 0 <= level < net.num_levels:
         raise ValueError(f"level {level} out of range for {net.num_levels} levels")
     num = min(num, config.global_code_dim)
+    if num == 0:  # a model without a global code (ModelConfig.global_code_dim = 0) has no directions
+        return GlobalDirections(torch.zeros(0, config.global_code_dim), torch.zeros(0))
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         mapped = []

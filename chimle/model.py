@@ -293,7 +293,13 @@ class TowerImplicitModel(nn.Module):
         self.mappings = nn.ModuleList(
             MappingNetwork(config.global_code_dim + level * config.mapping_width,
                            config.mapping_width, config.mapping_layers)
-            for level in range(config.num_levels))
+            for level in range(config.num_levels) if config.global_code_dim)
+        # Without a global code each level styles its AdaINs with a learned constant w
+        # (`ModelConfig.global_code_dim` = 0; `train.drop_global_code` sets it from a trained
+        # model's w at the zero global code).
+        self.constant_styles = nn.ParameterList(
+            nn.Parameter(torch.zeros(config.mapping_width))
+            for _ in range(config.num_levels if not config.global_code_dim else 0))
         self.semantic = (SemanticAdapter(config.num_levels, config.semantic_channels)
                          if config.semantic_encoder else None)
 
@@ -382,7 +388,7 @@ class TowerImplicitModel(nn.Module):
                 self.encode(x, codes.shape.local_sizes))
 
         for level in range(start_level, upto):
-            w = self.mappings[level](torch.cat([codes.globals[level], *mapped], 1))
+            w = self.style_vector(level, codes, mapped)
             local_code = codes.locals[level]
             x_level = resize(x, tuple(local_code.shape[2:]))  # (B, in_channels, r_l, r_l)
             previous = features[-1] if level > 0 else None
@@ -392,6 +398,13 @@ class TowerImplicitModel(nn.Module):
             features.append(feats)
             mapped.append(w)
         return Render(outputs, features, mapped, context)
+
+    def style_vector(self, level: int, codes: LatentCodes, mapped: list[torch.Tensor]) -> torch.Tensor:
+        """Level `level`'s w (B, mapping_width): its global code mapped with the coarser levels'
+        w, or the level's learned constant for a model without a global code."""
+        if not self.config.global_code_dim:
+            return self.constant_styles[level].expand(codes.batch_size, -1)
+        return self.mappings[level](torch.cat([codes.globals[level], *mapped], 1))
 
     def add_input(self, correction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """A level's output from its head's (B, out_channels, h, w) result: the head's result

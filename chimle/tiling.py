@@ -110,7 +110,7 @@ def render_tiled(net: TowerImplicitModel, x: torch.Tensor, codes: LatentCodes,
         mapped, previous = [], None
         for level, tower in enumerate(net.levels):
             # As `TowerImplicitModel.render` and `TowerLevel.forward`, stage by stage.
-            w = net.mappings[level](torch.cat([codes.globals[level], *mapped], 1))
+            w = net.style_vector(level, codes, mapped)
             mapped.append(w)
             semantic = context[level] if context is not None else None
             stem = map_tiles(tower.stem, [resize(x, sizes[level]), codes.locals[level], semantic, previous],

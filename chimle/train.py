@@ -30,7 +30,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, read_model_header, save_checkpoint, tensor_digest
-from .codes import LatentCodes
+from .codes import CodeShape, LatentCodes
 from .config import PRESETS, ModelConfig, dataclass_from_dict, preset
 from .data import (Batch, CropSampler, ImageCorpus, PairedCorpus, describe_split, find_images,
                    find_pairs, split_by_source, validation_batch)
@@ -82,6 +82,11 @@ class TrainConfig:
         region_codes: the coarsest local code is pooled over this many semantic regions,
             each region's vector styling its region (`ModelConfig.region_codes`; needs the
             semantic prior); grown as region styles are.
+        global_code: False: the model has no global code (`ModelConfig.global_code_dim` 0);
+            each level's style is a learned constant, and the code varies the output only
+            through its local maps (with region codes, object by object). A run from a
+            model with a global code (`init_from`) drops it, keeping that model's style at
+            the zero global code (`drop_global_code`).
         samples_per_region: the search's redraws of each region's level-1 code
             (`SearchConfig.samples_per_region`); default `DEFAULT_SAMPLES_PER_REGION` with
             region codes, else 0.
@@ -117,6 +122,7 @@ class TrainConfig:
     input_skip: bool = False
     region_styles: int = 0
     region_codes: int = 0
+    global_code: bool = True
     init_from: str = ""
     method: str = "chimle"
     samples_per_level: tuple[int, ...] | None = None
@@ -203,6 +209,8 @@ class TrainConfig:
             overrides["region_styles"] = self.region_styles
         if self.region_codes:
             overrides["region_codes"] = self.region_codes
+        if not self.global_code:
+            overrides["global_code_dim"] = 0
         return preset(self.preset, task.in_channels, task.out_channels, **overrides)
 
     def search_config(self, num_levels: int) -> SearchConfig:
@@ -337,7 +345,7 @@ def _build_model(config: TrainConfig, task: Task, resumed: RunPaths | None = Non
     if source.net.config == wanted:
         return source.net.train(), previous
     if can_grow(source.net.config, wanted):
-        return grow_regions(source.net, wanted).train(), previous
+        return grow(source.net, wanted).train(), previous
     have, want = dataclasses.asdict(source.net.config), dataclasses.asdict(wanted)
     differences = {k: (v, want[k]) for k, v in have.items() if v != want[k]}
     raise ValueError(f"{config.init_from} does not have the sizes of preset {config.preset!r} with "
@@ -345,10 +353,42 @@ def _build_model(config: TrainConfig, task: Task, resumed: RunPaths | None = Non
 
 
 def can_grow(have: ModelConfig, wanted: ModelConfig) -> bool:
-    """Whether `wanted` is `have` with region styles and/or region codes added (`grow_regions`)."""
+    """Whether `wanted` is `have` with region styles and/or region codes added (`grow_regions`),
+    and/or its global code dropped (`drop_global_code`)."""
     grown = have.replace(region_styles=have.region_styles or wanted.region_styles,
-                         region_codes=have.region_codes or wanted.region_codes)
+                         region_codes=have.region_codes or wanted.region_codes,
+                         global_code_dim=wanted.global_code_dim if not wanted.global_code_dim else have.global_code_dim)
     return grown == wanted and grown != have
+
+
+def grow(net: TowerImplicitModel, wanted: ModelConfig) -> TowerImplicitModel:
+    """`net` changed into a model of config `wanted` (`can_grow`): global code dropped first,
+    then regions grown. Either step starts the new model rendering as `net` does (at the
+    zero global code, for a dropped one)."""
+    if net.config.global_code_dim and not wanted.global_code_dim:
+        net = drop_global_code(net)
+    if net.config != wanted:
+        net = grow_regions(net, wanted)
+    return net
+
+
+def drop_global_code(net: TowerImplicitModel) -> TowerImplicitModel:
+    """`net` without its global stream (`ModelConfig.global_code_dim` = 0): each level's
+    constant style is the w that `net` maps the zero global code to, so the new model renders
+    every code as `net` renders that code with its global parts set to zero."""
+    dropped = TowerImplicitModel(net.config.replace(global_code_dim=0))
+    missing, unexpected = dropped.load_state_dict(net.state_dict(), strict=False)
+    if not all(name.startswith("constant_styles.") for name in missing) or not all(
+            name.startswith("mappings.") for name in unexpected):
+        raise ValueError(f"cannot drop the global code: unexpected {unexpected}, missing {missing}")
+    shape = CodeShape(net.config.global_code_dim, net.config.local_code_channels, ((1, 1),) * net.num_levels)
+    zero = LatentCodes.zeros(shape, 1)
+    with torch.no_grad():
+        mapped = []
+        for level in range(net.num_levels):
+            mapped.append(net.style_vector(level, zero, mapped))
+            dropped.constant_styles[level].copy_(mapped[-1][0])
+    return dropped
 
 
 def grow_regions(net: TowerImplicitModel, wanted: ModelConfig) -> TowerImplicitModel:
@@ -382,6 +422,7 @@ class InitOptions:
     input_skip: bool = False
     region_styles: int = 0
     region_codes: int = 0
+    global_code: bool = True
 
     def arguments(self) -> list[str]:
         """These options as `python -m chimle train` flags."""
@@ -389,6 +430,7 @@ class InitOptions:
         flags += ["--input-skip"] if self.input_skip else []
         flags += ["--region-styles", str(self.region_styles)] if self.region_styles else []
         flags += ["--region-codes", str(self.region_codes)] if self.region_codes else []
+        flags += [] if self.global_code else ["--no-global-code"]
         return flags + (["--task-params", json.dumps(self.task_params)] if self.task_params else [])
 
 
@@ -406,14 +448,14 @@ def init_options(path: str | os.PathLike) -> InitOptions:
         for prior in SEMANTIC_PRIORS:
             candidate = TrainConfig(task=task.name, task_params=params, preset=name, semantic_prior=prior,
                                     input_skip=wanted.input_skip, region_styles=wanted.region_styles,
-                                    region_codes=wanted.region_codes)
+                                    region_codes=wanted.region_codes, global_code=bool(wanted.global_code_dim))
             try:
                 built = candidate.model_config(candidate.build_task())
             except ValueError:  # an impossible pair, such as region styles with no semantic prior
                 continue
             if built == wanted:
                 return InitOptions(task.name, params, name, prior, wanted.input_skip, wanted.region_styles,
-                                   wanted.region_codes)
+                                   wanted.region_codes, bool(wanted.global_code_dim))
     raise ValueError(f"{path}: no preset builds this model's sizes, so no run can start from it")
 
 

@@ -198,5 +198,15 @@ def test_level_roles_rank_the_last_level_perfectly_and_measure_shares(lpips_alex
     assert roles["ranks"][-1] == pytest.approx(1.0)  # the final distance ranks itself exactly
     assert all(-1 <= rank <= 1 for rank in roles["ranks"])
     assert roles["diversity_all_levels"] > 0 and all(share > 0 for share in roles["decides"])
+    assert len(roles["decides_global"]) == len(roles["decides_local"]) == net.num_levels
+    assert all(share > 0 for share in roles["decides_global"] + roles["decides_local"])
+    assert all(0 <= share <= 1 for share in roles["tint_share"]["global"] + [roles["tint_share"]["all_levels"]])
+    # The finest level's global code reaches nothing but that level's AdaINs: with their
+    # styles cut from it, its global redraws change nothing, and its local ones still do.
+    with torch.no_grad():
+        for adain in net.levels[-1].adains:
+            adain.affine.weight.zero_()
+    cut = level_roles(net, task, distance, x, y, codes=4, redraws=4, generator=torch.Generator().manual_seed(0))
+    assert cut["decides_global"][-1] == pytest.approx(0.0, abs=1e-6) and cut["decides_local"][-1] > 0
     image = y.expand(3, -1, -1, -1)
     assert mean_pairwise(distance, image) == pytest.approx(0.0, abs=1e-6)
