@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import app
 from chimle.checkpoint import load_checkpoint, save_checkpoint
 from chimle.cli import build_parser
 from chimle.codes import LatentCodes
@@ -15,11 +16,17 @@ from chimle.config import ModelConfig, preset
 from chimle.directions import global_directions
 from chimle.model import TowerImplicitModel
 from chimle.search import SearchConfig, chimle_search, chosen_distances, level_targets
+from chimle.studio.handlers import StudioSettings
+from chimle.studio.security import TrainingPolicy
 from chimle.tasks import make_task
 from chimle.train import InitOptions, TrainConfig, can_grow, drop_global_code, grow, init_options, train
 
 from .conftest import photo
+from .studio_helpers import one_torch_thread
+from .studio_helpers import photo as studio_photo
 from .test_train_defaults import photo_folders, quick_config  # noqa: F401 (a fixture)
+
+single_thread = pytest.fixture(scope="module")(one_torch_thread)
 
 
 def _trained_looking(config: ModelConfig) -> TowerImplicitModel:
@@ -104,3 +111,30 @@ def test_a_run_drops_the_global_code_of_the_model_it_starts_from(photo_folders, 
     assert not torch.equal(trained.net.constant_styles[0], start.constant_styles[0])
     torch.testing.assert_close(trained.net.constant_styles[0], start.constant_styles[0], rtol=0, atol=0.05)
     assert TrainConfig(data="d", global_code=False).model_config(task).global_code_dim == 0
+
+
+def test_the_studio_shows_no_global_controls_for_a_model_without_a_global_code(tmp_path, single_thread):
+    task = make_task("colourization")
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    model_path = checkpoints / "no-global.safetensors"
+    save_checkpoint(model_path, _trained_looking(preset("tiny", task.in_channels, task.out_channels,
+                                                        channels=(8, 8, 8), growth=(8, 8, 8), rrdbs=(1, 1, 1),
+                                                        global_code_dim=0)), task, {"step": 0})
+    image_path = tmp_path / "input.png"
+    studio_photo("astronaut", (64, 64)).save(image_path)
+    settings = StudioSettings(checkpoints=checkpoints, runs=tmp_path / "runs", data_root=tmp_path,
+                              assets=tmp_path, policy=TrainingPolicy(False, "off"))
+    studio = app.build_studio(settings)[1]
+    page = studio.explore
+    started = studio.start(None, str(model_path), str(image_path), None, 64, 2, 5, False)
+    level = page.levels[0]
+    assert started[level.tab]["visible"]
+    assert not started[level.global_seed]["visible"] and not started[level.global_blend]["visible"]
+    assert not any(started[slider]["visible"] for slider in level.directions)
+    # The local code is what is left to steer, and it does.
+    before = started[page.state].current.clone()
+    # A slow edit (this machine may be busy) first shows its coarse level: the last update is the result.
+    edited = list(studio.edit_level(0, started[page.state], True, 0, 0, 0, 0, 0, 0.0, 4, 1.0, 1.0))[-1]
+    assert edited[page.status].startswith("Rendered levels 1–3 ")
+    assert not torch.equal(started[page.state].current.locals[0], before.locals[0])

@@ -223,7 +223,10 @@ class Studio:
             by_object = visible and model.net.levels[level].region_pool is not None
             local_seed = gr.update(value=edit.local_seed,
                                    label="Local seed (colours object by object)" if by_object else "Local seed")
-            updates.update({widgets.global_seed: edit.global_seed, widgets.global_blend: edit.global_blend,
+            # A model without a global code (ModelConfig.global_code_dim 0) has nothing for them to move.
+            has_global = not visible or model.net.config.global_code_dim > 0
+            updates.update({widgets.global_seed: gr.update(value=edit.global_seed, visible=has_global),
+                            widgets.global_blend: gr.update(value=edit.global_blend, visible=has_global),
                             widgets.local_seed: local_seed, widgets.local_blend: edit.local_blend,
                             widgets.noise_scale: edit.noise_scale,
                             widgets.lock: session.locked[level] if visible else False})
