@@ -38,9 +38,9 @@ class ModelConfig:
         global_code_dim: length of each level's global code vector. 0: no global stream;
             each level's style vector w is a learned constant instead of the mapping of a
             global code, so the code varies the output only through its local maps (with
-            region codes, object by object). For colourization, where a global code is the
-            cheapest way for IMLE to cover a photo's colours and so learns a tint of the
-            whole photo (docs/method.md#region-codes).
+            region codes, object by object). Meant for colourization, where the global code
+            is the cheapest way for IMLE to cover a photo's colours and so learns to tint
+            the whole photo (docs/method.md#without-a-global-code).
         mapping_width: width of the mapping networks (the global stream).
         mapping_layers: depth of each mapping network.
         semantic_encoder: "alexnet" feeds every level features of a frozen ImageNet

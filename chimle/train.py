@@ -355,9 +355,10 @@ def _build_model(config: TrainConfig, task: Task, resumed: RunPaths | None = Non
 def can_grow(have: ModelConfig, wanted: ModelConfig) -> bool:
     """Whether `wanted` is `have` with region styles and/or region codes added (`grow_regions`),
     and/or its global code dropped (`drop_global_code`)."""
+    dropped = not wanted.global_code_dim
     grown = have.replace(region_styles=have.region_styles or wanted.region_styles,
                          region_codes=have.region_codes or wanted.region_codes,
-                         global_code_dim=wanted.global_code_dim if not wanted.global_code_dim else have.global_code_dim)
+                         global_code_dim=0 if dropped else have.global_code_dim)
     return grown == wanted and grown != have
 
 
