@@ -176,7 +176,7 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                                         randomise_level = gr.Button("Randomise", size="sm")
                                         reset_level = gr.Button("Reset", size="sm")
                                         lock = gr.Checkbox(label="Lock", value=False)
-                                    gr.Markdown("**Global code** — the level's overall look")
+                                    global_heading = gr.Markdown("**Global code** — the level's overall look")
                                     directions = tuple(gr.Slider(-3, 3, value=0, step=0.1, label=f"Direction {i + 1}")
                                                        for i in range(NUM_DIRECTIONS))
                                     with gr.Row():
@@ -193,7 +193,8 @@ def build_studio(settings: StudioSettings, concurrency: int = 2,
                                     noise_scale = gr.Slider(0, 2, value=1, step=0.05, label="Noise scale")
                                 levels.append(LevelWidgets(
                                     tab=level_tab, randomise=randomise_level, reset=reset_level, lock=lock,
-                                    directions=directions, global_seed=global_seed, global_blend=global_blend,
+                                    global_heading=global_heading, directions=directions,
+                                    global_seed=global_seed, global_blend=global_blend,
                                     local_seed=local_seed, local_blend=local_blend, noise_scale=noise_scale))
                 with gr.Row():
                     with gr.Column(scale=3):

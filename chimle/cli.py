@@ -35,6 +35,8 @@ TRAIN_HELP = {
     "region_codes": "the coarsest local code is pooled over this many semantic regions of the photo, each "
                     "region's vector styling its region: colours chosen object by object (needs the semantic "
                     "prior; 0: off, the paper's model)",
+    "region_partition": "how --region-codes finds its regions: kmeans (each photo's semantic map clustered) or "
+                        "learned (a trained softmax, the first models')",
     "global_code": "--no-global-code: no global code; each level's style is learned, and the code varies the "
                    "output only through its local maps (with --region-codes, colours object by object)",
     "init_from": "start from this model file's weights (not its optimiser); a shipped model keeps improving",
@@ -78,12 +80,12 @@ class CommandError(Exception):
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    from .config import PRESETS
+    from .config import PRESETS, REGION_PARTITIONS
     from .tasks import TASK_NAMES
     from .train import METHODS, SEMANTIC_PRIORS, TrainConfig
 
     choices = {"task": TASK_NAMES, "preset": tuple(PRESETS), "method": METHODS, "lpips_net": ("alex", "vgg"),
-               "semantic_prior": SEMANTIC_PRIORS}
+               "semantic_prior": SEMANTIC_PRIORS, "region_partition": REGION_PARTITIONS}
     for item in dataclasses.fields(TrainConfig):
         default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
         flag = "--" + item.name.replace("_", "-")

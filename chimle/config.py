@@ -16,6 +16,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 
+# How region codes find their regions (`ModelConfig.region_partition`).
+REGION_PARTITIONS = ("kmeans", "learned")
+
+
 def dataclass_from_dict(cls, values: dict, what: str):
     """Build dataclass `cls` from a dict, refusing unknown keys (a typo must fail loudly)."""
     unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
@@ -62,6 +66,10 @@ class ModelConfig:
             photo's objects one by one, and the search can choose them region by region
             (`search.SearchConfig.samples_per_region`). 0 (the paper's model): the local
             code acts pixel by pixel only.
+        region_partition: how region codes find their regions. "kmeans": k-means over
+            each photo's semantic map (`chimle.regions`), K regions per photo whatever it
+            shows. "learned" (the first models): a trained 1x1 conv and softmax, which
+            stayed nearly uniform, so that each region's vector was the whole photo's.
     """
 
     in_channels: int = 3
@@ -79,6 +87,7 @@ class ModelConfig:
     input_skip: bool = False
     region_styles: int = 0
     region_codes: int = 0
+    region_partition: str = "learned"
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; normalise so equality still holds.
@@ -140,6 +149,10 @@ class ModelConfig:
             raise ValueError("region_codes needs a semantic encoder: its maps say where the regions are")
         if self.region_codes and not self.local_code_channels:
             raise ValueError("region_codes pools the local code: it needs local_code_channels >= 1")
+        if self.region_partition not in REGION_PARTITIONS:
+            raise ValueError(f"region_partition must be one of {REGION_PARTITIONS}, got {self.region_partition!r}")
+        if self.region_partition != "learned" and not self.region_codes:
+            raise ValueError("region_partition divides region codes: it needs region_codes >= 1")
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -150,6 +163,8 @@ class ModelConfig:
         for name in ("region_styles", "region_codes"):
             if not values[name]:
                 del values[name]
+        if values["region_partition"] == "learned":
+            del values["region_partition"]
         return values
 
     @classmethod

@@ -21,6 +21,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from .codes import CodeShape, LatentCodes
 from .config import ModelConfig
 from .imageops import resize
+from .regions import kmeans_region_weights
 from .semantic import SemanticAdapter, encoder_input, load_trunk
 
 # ESRGAN's residual scaling: keeps the many stacked residual branches stable at init.
@@ -79,8 +80,9 @@ class RegionCodes:
 class RegionPool(nn.Module):
     """Divides a level's local code by the objects of the photo (`ModelConfig.region_codes`).
 
-    A 1x1 conv and a softmax over the semantic map give each pixel soft weights over K
-    regions; region k's vector is the local code summed over its pixels with those weights,
+    Each pixel has soft weights over K regions of the semantic map: with
+    `ModelConfig.region_partition` "kmeans", from clustering the map (`chimle.regions`);
+    with "learned", from a 1x1 conv and a softmax. Region k's vector is the local code summed over its pixels with those weights,
     divided by the root of the weights' sum of squares. For a local code drawn from N(0, I)
     every region's vector is then N(0, I) too, whatever the region's size, and regions that
     hardly overlap get nearly independent vectors: redrawing the code on one object's pixels
@@ -89,14 +91,19 @@ class RegionPool(nn.Module):
     next the car blue, which one global code over the whole photo cannot (it can only tint).
     """
 
-    def __init__(self, semantic_channels: int, regions: int) -> None:
+    def __init__(self, semantic_channels: int, regions: int, partition: str = "learned") -> None:
         super().__init__()
-        self.logits = nn.Conv2d(semantic_channels, regions, 1)
+        # "kmeans" clusters each photo's map (`chimle.regions`) and learns nothing; "learned"
+        # (the first models) trains a 1x1 conv whose softmax stayed nearly uniform.
+        self.regions = regions
+        self.logits = nn.Conv2d(semantic_channels, regions, 1) if partition == "learned" else None
 
     def region_weights(self, semantic: torch.Tensor) -> torch.Tensor:
         """(B, K, h, w) soft weights; a batch repeating one map (stride 0) is computed once."""
         if semantic.shape[0] > 1 and semantic.stride(0) == 0:
             return self.region_weights(semantic[:1]).expand(semantic.shape[0], -1, -1, -1)
+        if self.logits is None:
+            return kmeans_region_weights(semantic, self.regions)
         return self.logits(semantic).softmax(1)
 
     def forward(self, local_code: torch.Tensor, semantic: torch.Tensor) -> RegionCodes:
@@ -198,7 +205,7 @@ class TowerLevel(nn.Module):
         self.rrdbs = nn.ModuleList(RRDB(channels, config.growth[level]) for _ in range(config.rrdbs[level]))
         # Region codes divide the coarsest level's local code, the one that sets the colours.
         region_codes = config.region_codes if level == 0 else 0
-        self.region_pool = RegionPool(semantic, region_codes) if region_codes else None
+        self.region_pool = RegionPool(semantic, region_codes, config.region_partition) if region_codes else None
         code_channels = config.local_code_channels if region_codes else 0
         self.adains = nn.ModuleList(AdaIN(channels, config.mapping_width, config.region_styles, semantic,
                                           code_channels)

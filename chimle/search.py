@@ -237,7 +237,7 @@ def refine_regions(net: TowerImplicitModel, task: Task, distance: Distance, x: t
     partition = pool.partition(context[0]).expand(batch, -1, -1)  # (B, h, w)
     owners = torch.arange(batch, device=x.device).repeat_interleave(per_region + 1)
     spent = 0
-    for region in range(pool.logits.out_channels):
+    for region in range(pool.regions):
         inside = (partition == region)[:, None]  # (B, 1, h, w)
         if not inside.any():  # no pixel of any image: nothing to redraw
             continue

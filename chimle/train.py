@@ -48,6 +48,9 @@ METHODS = ("chimle", "cimle")
 SEMANTIC_PRIORS = ("preset", "alexnet", "none")
 
 
+# New region codes find their regions by k-means: learned ones stayed nearly uniform
+# (docs/method.md#regions-by-k-means).
+DEFAULT_REGION_PARTITION = "kmeans"
 # The search's redraws per region of a model with region codes (`SearchConfig.samples_per_region`):
 # 8 regions x 3 cost 24 level-1 evaluations, about what levels 2 and 3 cost.
 DEFAULT_SAMPLES_PER_REGION = 3
@@ -82,6 +85,8 @@ class TrainConfig:
         region_codes: the coarsest local code is pooled over this many semantic regions,
             each region's vector styling its region (`ModelConfig.region_codes`; needs the
             semantic prior); grown as region styles are.
+        region_partition: how region codes find their regions (`ModelConfig.region_partition`):
+            "kmeans" (default) or "learned".
         global_code: False: the model has no global code (`ModelConfig.global_code_dim` 0);
             each level's style is a learned constant, and the code varies the output only
             through its local maps (with region codes, object by object). A run from a
@@ -122,6 +127,7 @@ class TrainConfig:
     input_skip: bool = False
     region_styles: int = 0
     region_codes: int = 0
+    region_partition: str = DEFAULT_REGION_PARTITION
     global_code: bool = True
     init_from: str = ""
     method: str = "chimle"
@@ -209,6 +215,7 @@ class TrainConfig:
             overrides["region_styles"] = self.region_styles
         if self.region_codes:
             overrides["region_codes"] = self.region_codes
+            overrides["region_partition"] = self.region_partition
         if not self.global_code:
             overrides["global_code_dim"] = 0
         return preset(self.preset, task.in_channels, task.out_channels, **overrides)
@@ -230,6 +237,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        if values.get("region_codes") and "region_partition" not in values:
+            # A run started before the option had learned partitions: resuming it must too.
+            values = {**values, "region_partition": "learned"}
         return dataclass_from_dict(cls, values, "training options")
 
 
@@ -358,6 +368,7 @@ def can_grow(have: ModelConfig, wanted: ModelConfig) -> bool:
     dropped = not wanted.global_code_dim
     grown = have.replace(region_styles=have.region_styles or wanted.region_styles,
                          region_codes=have.region_codes or wanted.region_codes,
+                         region_partition=have.region_partition if have.region_codes else wanted.region_partition,
                          global_code_dim=0 if dropped else have.global_code_dim)
     return grown == wanted and grown != have
 
@@ -396,8 +407,8 @@ def grow_regions(net: TowerImplicitModel, wanted: ModelConfig) -> TowerImplicitM
     """A model of config `wanted` (`net`'s, with region styles or region codes added) holding
     `net`'s weights; the new styles start at zero, so it renders as `net` does until it trains.
 
-    New region codes take their regions from the first AdaIN's trained region styles where
-    the numbers agree: regions that already follow the objects the model colours.
+    New region codes with a learned partition take their regions from the first AdaIN's
+    trained region styles where the numbers agree (a k-means partition learns nothing).
     """
     grown = TowerImplicitModel(wanted)
     missing, unexpected = grown.load_state_dict(net.state_dict(), strict=False)
@@ -405,8 +416,8 @@ def grow_regions(net: TowerImplicitModel, wanted: ModelConfig) -> TowerImplicitM
         raise ValueError(f"cannot grow regions: unexpected {unexpected}, missing {missing}")
     level = grown.levels[0]
     trained = net.levels[0].adains[0].region_logits if net.levels[0].adains else None
-    if (not net.config.region_codes and level.region_pool is not None and trained is not None
-            and trained.out_channels == wanted.region_codes):
+    if (not net.config.region_codes and level.region_pool is not None and level.region_pool.logits is not None
+            and trained is not None and trained.out_channels == wanted.region_codes):
         level.region_pool.logits.load_state_dict(trained.state_dict())
     return grown
 
@@ -423,6 +434,7 @@ class InitOptions:
     input_skip: bool = False
     region_styles: int = 0
     region_codes: int = 0
+    region_partition: str = DEFAULT_REGION_PARTITION
     global_code: bool = True
 
     def arguments(self) -> list[str]:
@@ -430,7 +442,8 @@ class InitOptions:
         flags = ["--task", self.task, "--preset", self.preset, "--semantic-prior", self.semantic_prior]
         flags += ["--input-skip"] if self.input_skip else []
         flags += ["--region-styles", str(self.region_styles)] if self.region_styles else []
-        flags += ["--region-codes", str(self.region_codes)] if self.region_codes else []
+        flags += ["--region-codes", str(self.region_codes), "--region-partition", self.region_partition] \
+            if self.region_codes else []
         flags += [] if self.global_code else ["--no-global-code"]
         return flags + (["--task-params", json.dumps(self.task_params)] if self.task_params else [])
 
@@ -445,18 +458,20 @@ def init_options(path: str | os.PathLike) -> InitOptions:
     """
     wanted, task = read_model_header(path)
     params = {k: v for k, v in task.to_dict().items() if k != "name"}
+    partition = wanted.region_partition if wanted.region_codes else DEFAULT_REGION_PARTITION
     for name in PRESETS:
         for prior in SEMANTIC_PRIORS:
             candidate = TrainConfig(task=task.name, task_params=params, preset=name, semantic_prior=prior,
                                     input_skip=wanted.input_skip, region_styles=wanted.region_styles,
-                                    region_codes=wanted.region_codes, global_code=bool(wanted.global_code_dim))
+                                    region_codes=wanted.region_codes, region_partition=partition,
+                                    global_code=bool(wanted.global_code_dim))
             try:
                 built = candidate.model_config(candidate.build_task())
             except ValueError:  # an impossible pair, such as region styles with no semantic prior
                 continue
             if built == wanted:
                 return InitOptions(task.name, params, name, prior, wanted.input_skip, wanted.region_styles,
-                                   wanted.region_codes, bool(wanted.global_code_dim))
+                                   wanted.region_codes, partition, bool(wanted.global_code_dim))
     raise ValueError(f"{path}: no preset builds this model's sizes, so no run can start from it")
 
 

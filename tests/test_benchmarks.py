@@ -210,3 +210,23 @@ def test_level_roles_rank_the_last_level_perfectly_and_measure_shares(lpips_alex
     assert cut["decides_global"][-1] == pytest.approx(0.0, abs=1e-6) and cut["decides_local"][-1] > 0
     image = y.expand(3, -1, -1, -1)
     assert mean_pairwise(distance, image) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_region_partition_tells_a_uniform_partition_from_a_kmeans_one():
+    from benchmarks.region_partition import partitions
+    from chimle.config import preset
+    from chimle.model import TowerImplicitModel
+
+    torch.manual_seed(0)
+    net = TowerImplicitModel(preset("tiny", 1, 2, semantic_encoder="alexnet", semantic_channels=4, region_styles=3,
+                                    region_codes=3, region_partition="kmeans")).eval()
+    with torch.no_grad():  # the first AdaIN's styles uniform, as the trained colourization model's nearly are
+        net.levels[0].adains[0].region_logits.weight.zero_()
+        net.levels[0].adains[0].region_logits.bias.zero_()
+    x = photo("coffee", 64)[:, :1]
+    found = partitions(net, x, (64, 64))
+    uniform, kmeans = found["level 1 AdaIN 1 region styles"], found["level 1 region codes (k-means)"]
+    assert uniform["entropy"] == pytest.approx(np.log(3), abs=1e-5) and uniform["strongest"] == pytest.approx(1 / 3)
+    assert uniform["occupied"] == 1  # every pixel ties, and the first region takes the ties
+    assert kmeans["entropy"] < 0.5 * np.log(3) and kmeans["strongest"] > 0.8 and kmeans["occupied"] == 3
+    assert "level 2 AdaIN 1 region styles" in found and "level 2 region codes (k-means)" not in found

@@ -26,14 +26,15 @@ single_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
 
 
 def live_model(task_name: str, levels: int = 3, semantic: bool = False, seed: int = 0,
-               input_skip: bool = False, region_styles: int = 0, region_codes: int = 0):
+               input_skip: bool = False, region_styles: int = 0, region_codes: int = 0,
+               region_partition: str = "learned"):
     """A tiny model whose global stream matters (random AdaIN weights), optionally with the
     prior, the input skip, region styles and region codes (which need the prior)."""
     task = make_task(task_name)
     extra = dict(semantic_encoder="alexnet", semantic_channels=4) if semantic or region_styles or region_codes else {}
     extra |= dict(input_skip=True) if input_skip else {}
     extra |= dict(region_styles=region_styles) if region_styles else {}
-    extra |= dict(region_codes=region_codes) if region_codes else {}
+    extra |= dict(region_codes=region_codes, region_partition=region_partition) if region_codes else {}
     config = preset("tiny", task.in_channels, task.out_channels, channels=(8,) * levels, growth=(8,) * levels,
                     rrdbs=(1,) * levels, **extra)
     torch.manual_seed(seed)
@@ -178,13 +179,15 @@ def test_tile_grid_covers_the_map_once():
     assert torch.equal(covered, torch.ones(10, 7, dtype=torch.int64)) and len(tiles) == 3 * 2
 
 
-@pytest.mark.parametrize("semantic, input_skip, region_styles, region_codes",
-                         [(False, False, 0, 0), (True, False, 0, 0), (False, True, 0, 0), (True, False, 3, 0),
-                          (True, False, 0, 3)],
-                         ids=["plain", "semantic-prior", "input-skip", "region-styles", "region-codes"])
-def test_tiles_give_what_one_pass_gives(semantic, input_skip, region_styles, region_codes):
+@pytest.mark.parametrize("semantic, input_skip, region_styles, region_codes, region_partition",
+                         [(False, False, 0, 0, "learned"), (True, False, 0, 0, "learned"),
+                          (False, True, 0, 0, "learned"), (True, False, 3, 0, "learned"),
+                          (True, False, 0, 3, "learned"), (True, False, 0, 3, "kmeans")],
+                         ids=["plain", "semantic-prior", "input-skip", "region-styles", "region-codes",
+                              "kmeans-region-codes"])
+def test_tiles_give_what_one_pass_gives(semantic, input_skip, region_styles, region_codes, region_partition):
     net, task = live_model("jpeg", semantic=semantic, input_skip=input_skip, region_styles=region_styles,
-                           region_codes=region_codes)
+                           region_codes=region_codes, region_partition=region_partition)
     x = pil_to_tensor(photo("astronaut", (96, 64)))  # (1, 3, 64, 96): several tiles per level
     codes = LatentCodes.sample(net.code_shape((64, 96)), 2, torch.Generator().manual_seed(0))
     x = x.expand(2, -1, -1, -1)

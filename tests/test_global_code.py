@@ -131,6 +131,7 @@ def test_the_studio_shows_no_global_controls_for_a_model_without_a_global_code(t
     level = page.levels[0]
     assert started[level.tab]["visible"]
     assert not started[level.global_seed]["visible"] and not started[level.global_blend]["visible"]
+    assert not started[level.global_heading]["visible"]
     assert not any(started[slider]["visible"] for slider in level.directions)
     # The local code is what is left to steer, and it does.
     before = started[page.state].current.clone()

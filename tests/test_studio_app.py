@@ -404,6 +404,7 @@ def test_handlers_update_the_widgets_of_their_level_by_name(tmp_path, single_thr
     session = started[page.state]
     assert started[page.seed] == 5 and len(started[page.gallery]) == 2
     assert [started[level.tab]["visible"] for level in page.levels] == [True, True, True, False]
+    assert started[page.levels[0].global_heading]["visible"]  # this model has a global code
     assert started[page.levels[1].lock] is False
     # An edit updates the result area only; Randomise also resets its own level's sliders.
     [edited] = studio.edit_level(2, session, True, 0, 0, 0, 0, 0, 0.0, 4, 0.5, 1.0)  # one update: no preview

@@ -225,7 +225,8 @@ class Studio:
                                    label="Local seed (colours object by object)" if by_object else "Local seed")
             # A model without a global code (ModelConfig.global_code_dim 0) has nothing for them to move.
             has_global = not visible or model.net.config.global_code_dim > 0
-            updates.update({widgets.global_seed: gr.update(value=edit.global_seed, visible=has_global),
+            updates.update({widgets.global_heading: gr.update(visible=has_global),
+                            widgets.global_seed: gr.update(value=edit.global_seed, visible=has_global),
                             widgets.global_blend: gr.update(value=edit.global_blend, visible=has_global),
                             widgets.local_seed: local_seed, widgets.local_blend: edit.local_blend,
                             widgets.noise_scale: edit.noise_scale,

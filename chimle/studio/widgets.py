@@ -21,6 +21,7 @@ class LevelWidgets:
     randomise: gr.Button
     reset: gr.Button
     lock: gr.Checkbox
+    global_heading: gr.Markdown
     directions: tuple[gr.Slider, ...]
     global_seed: gr.Number
     global_blend: gr.Slider
@@ -36,8 +37,9 @@ class LevelWidgets:
 
     @property
     def outputs(self) -> list[gr.blocks.Block]:
-        """What a handler may update: the tab (title, visibility), the sliders and the lock."""
-        return [self.tab, *self.sliders, self.lock]
+        """What a handler may update: the tab (title, visibility), the global code's heading
+        (hidden for a model without one), the sliders and the lock."""
+        return [self.tab, self.global_heading, *self.sliders, self.lock]
 
 
 @dataclass(frozen=True)
