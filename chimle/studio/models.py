@@ -155,9 +155,10 @@ class LoadedModel:
         parameters = sum(p.numel() for p in self.net.parameters())
         step = self.checkpoint.metadata.get("step")
         trained = f", trained {step} steps" if step is not None else ""
+        global_code = f"global code {config.global_code_dim}" if config.global_code_dim else "no global code"
+        regions = f" ({config.region_codes} region codes at level 1)" if config.region_codes else ""
         return (f"{self.task.name}, {self.num_levels} levels, {parameters / 1e6:.2f} M parameters, "
-                f"global code {config.global_code_dim}, local code {config.local_code_channels} channels"
-                f"{trained}")
+                f"{global_code}, local code {config.local_code_channels} channels{regions}{trained}")
 
 
 class ModelCache:
