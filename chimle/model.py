@@ -82,8 +82,9 @@ class RegionPool(nn.Module):
 
     Each pixel has soft weights over K regions of the semantic map: with
     `ModelConfig.region_partition` "kmeans", from clustering the map (`chimle.regions`);
-    with "learned", from a 1x1 conv and a softmax. Region k's vector is the local code summed over its pixels with those weights,
-    divided by the root of the weights' sum of squares. For a local code drawn from N(0, I)
+    with "learned", from a 1x1 conv and a softmax. Region k's vector is the local code
+    summed over its pixels with those weights, divided by the root of the weights' sum of
+    squares. For a local code drawn from N(0, I)
     every region's vector is then N(0, I) too, whatever the region's size, and regions that
     hardly overlap get nearly independent vectors: redrawing the code on one object's pixels
     redraws that object's vector and leaves the others'. The AdaINs turn each vector into a
